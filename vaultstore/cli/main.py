@@ -1,0 +1,110 @@
+"""The ``vaultstore`` group, global options and the one top-level error handler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from vaultstore import __version__
+from vaultstore.cli import command_modules
+from vaultstore.cli.common import Settings
+from vaultstore.errors import EXIT_INTERRUPTED, VaultstoreError
+from vaultstore.logs import configure
+
+log = logging.getLogger(__name__)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vaultstore")
+@click.option(
+    "--vault",
+    type=click.Path(path_type=Path),
+    envvar="VAULTSTORE_VAULT",
+    default="./vault",
+    show_default=True,
+    help="Vault directory [env VAULTSTORE_VAULT].",
+)
+@click.option(
+    "--repo",
+    "repository",
+    envvar="VAULTSTORE_REPOSITORY",
+    default=None,
+    help="Repository: a path or s3://bucket/prefix [env VAULTSTORE_REPOSITORY].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    envvar="VAULTSTORE_CONFIG",
+    default=None,
+    help="TOML config file [env VAULTSTORE_CONFIG].",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the password from this file.",
+)
+@click.option(
+    "--password-command",
+    default=None,
+    help="Run this command and read the password from its stdout.",
+)
+@click.option("--log-file", default=None, help="Write JSON-lines logs here.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    vault: Path,
+    repository: str | None,
+    config_file: Path | None,
+    password_file: Path | None,
+    password_command: str | None,
+    log_file: str | None,
+    log_level: str,
+) -> None:
+    """Backup and disaster recovery for the wallets of AI-agent fleets."""
+    os.umask(0o077)
+    configure(log_level, log_file)
+    ctx.obj = Settings(
+        vault=vault,
+        repository=repository,
+        config_file=config_file,
+        password_file=password_file,
+        password_command=password_command,
+    )
+
+
+for _module in command_modules():
+    _module.register(cli)
+
+
+def main() -> None:
+    """Entry point: run the group, turning errors into one message and a code."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except VaultstoreError as exc:
+        log.error("%s", exc.message, extra={"event": "error", "kind": exc.kind})
+        click.echo(f"vaultstore: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
