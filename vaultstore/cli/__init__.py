@@ -12,7 +12,8 @@ COMMAND_MODULES = (
     "journal_cmds",  # init, status, ingest
     "key_cmds",  # seed generate|import|verify, key add|list|remove|passwd
     "repo_cmds",  # backup, snapshots, check, sync
-    "restore_cmds",  # restore, reconcile, drill
+    "restore_cmds",  # restore, drill
+    "reconcile_cmds",  # reconcile
     "compat_cmds",  # export-json, import-json, verify-json
     "admin_cmds",  # config show, forget, prune, unlock, daemon
 )

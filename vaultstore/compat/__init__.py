@@ -1,0 +1,1 @@
+"""The legacy wallet-backup JSON format (compat/FORMAT.md)."""

@@ -1,0 +1,4 @@
+"""Cryptography: AEAD, KDFs, key files, seed envelopes, address derivation.
+
+The ``cryptography`` package is used only inside this package.
+"""

@@ -1,0 +1,1 @@
+"""Operations: one function per user-level task, usable from Python."""

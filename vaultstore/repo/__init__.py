@@ -1,0 +1,1 @@
+"""The content-addressed repository: records, objects, packs, trees, manifests."""
