@@ -20,7 +20,8 @@ secrets (passwords, mnemonics, keys): they name objects, files, lines, fields.
     ├── StoreError                      10  a repository destination failed (S3, disk)
     ├── LocalIOError                    11  local disk: full, fsync failed, I/O error
     ├── NotFoundError                   12  no such vault, repository, snapshot, file
-    └── ReconcileMismatchError          13  balances differ and --strict was given
+    ├── ReconcileMismatchError          13  balances differ and --strict was given
+    └── BalanceSourceError              14  a balance source (JSON-RPC, file) failed
 """
 
 from __future__ import annotations
@@ -160,3 +161,10 @@ def all_error_classes() -> list[type[VaultstoreError]]:
         seen.append(cls)
         stack.extend(cls.__subclasses__())
     return seen
+
+
+class BalanceSourceError(VaultstoreError):
+    """A balance source (EVM or XRPL JSON-RPC, balances file) failed or answered badly."""
+
+    exit_code = 14
+    kind = "balance-source"
