@@ -25,3 +25,17 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VAULTSTORE_TESTING", "1")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def reset_fault_points() -> object:
+    """No fault hook or recording leaks from one test into the next."""
+    from vaultstore import faults
+
+    faults.set_hook(None)
+    faults.recording = False
+    faults.seen.clear()
+    yield
+    faults.set_hook(None)
+    faults.recording = False
+    faults.seen.clear()

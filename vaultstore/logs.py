@@ -14,9 +14,11 @@ import sys
 import time
 from typing import IO, Any
 
-_STANDARD = set(
-    logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__
-) | {"message", "asctime", "taskName"}
+_STANDARD = set(logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -50,6 +52,7 @@ def configure(level: str = "info", log_file: str | None = None) -> None:
     root = logging.getLogger("vaultstore")
     for old in list(root.handlers):
         root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False

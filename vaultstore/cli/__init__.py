@@ -21,4 +21,4 @@ COMMAND_MODULES = (
 
 def command_modules() -> list[ModuleType]:
     """The command modules, imported in a fixed order."""
-    return [importlib.import_module(f"vaultstore.cli.{name}") for name in COMMAND_MODULES]
+    return [importlib.import_module(f"vaultstore.cli.{n}") for n in COMMAND_MODULES]

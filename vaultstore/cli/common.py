@@ -10,13 +10,20 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from vaultstore.errors import MisuseError, NotFoundError
+
+if TYPE_CHECKING:
+    from vaultstore.config import Config, Destination
+    from vaultstore.repo.repository import Repository
+    from vaultstore.store.base import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +39,7 @@ class Settings:
     config_file: Path | None
     password_file: Path | None
     password_command: str | None
+    s3_endpoint: str | None = None
 
     def password(self, purpose: str = "password", confirm: bool = False) -> str:
         """The password from the first configured source; never from argv."""
@@ -71,7 +79,9 @@ def _password_from_command(command: str) -> str:
             command, shell=True, capture_output=True, text=True, timeout=60
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MisuseError(f"--password-command failed to run: {type(exc).__name__}") from exc
+        raise MisuseError(
+            f"--password-command failed to run: {type(exc).__name__}"
+        ) from exc
     if done.returncode != 0:
         # The command's output is not echoed: it may hold the secret.
         raise MisuseError(f"--password-command exited with status {done.returncode}")
@@ -103,3 +113,125 @@ def emit(data: Any, as_json: bool, text: str | Callable[[], str] | None = None) 
     if text is None:
         text = "\n".join(f"{k}: {v}" for k, v in dict(data).items())
     click.echo(text)
+
+
+def kdf_profile() -> str:
+    """``test`` (tiny KDF parameters) when VAULTSTORE_TESTING=1, else production."""
+    return "test" if os.environ.get("VAULTSTORE_TESTING") == "1" else "production"
+
+
+CONFIG_IN_VAULT = "config.toml"
+REPLICA_STATE = "replicas.json"
+
+
+def config_path(cfg: Settings) -> Path | None:
+    """``--config`` / VAULTSTORE_CONFIG, else ``<vault>/config.toml`` if present."""
+    if cfg.config_file is not None:
+        return cfg.config_file
+    in_vault = cfg.vault / CONFIG_IN_VAULT
+    return in_vault if in_vault.is_file() else None
+
+
+def effective_config(ctx: click.Context) -> Config:
+    """The config file with command-line and environment overrides applied.
+
+    ``--repo`` replaces the primary destination; ``--s3-endpoint`` applies to
+    S3 destinations given on the command line; ``--password-file`` and
+    ``--password-command`` replace the configured password source, and a
+    configured source fills in when neither is given.
+    """
+    from vaultstore.config import load_config
+
+    cfg = settings(ctx)
+    config = load_config(config_path(cfg))
+    if cfg.s3_endpoint:
+        config = replace(config, s3_endpoint=cfg.s3_endpoint)
+    if cfg.repository:
+        primary = _destination_for(config, cfg.repository)
+        rest = tuple(d for d in config.destinations[1:] if d.url != primary.url)
+        config = replace(config, destinations=(primary, *rest))
+    if cfg.password_file is None and cfg.password_command is None:
+        cfg.password_file = config.password_file
+        cfg.password_command = config.password_command
+    return config
+
+
+def _destination_for(config: Config, url: str) -> Destination:
+    from vaultstore.config import Destination
+
+    for dest in config.destinations:
+        if dest.url == url:
+            return dest
+    if url.startswith("s3://"):
+        return Destination(
+            url,
+            region=config.s3_region,
+            endpoint=config.s3_endpoint,
+            checksum=config.s3_checksum,
+        )
+    return Destination(url)
+
+
+def destinations(ctx: click.Context) -> tuple[Destination, ...]:
+    """Primary first: --repo, the config file, or what the vault recorded at init."""
+    config = effective_config(ctx)
+    if config.destinations:
+        return config.destinations
+    from vaultstore.journal import Journal
+
+    s = settings(ctx)
+    if (s.vault / "journal.db").exists():
+        with Journal.open(s.vault) as journal:
+            recorded = journal.get_meta("repository_url")
+        if recorded:
+            return (_destination_for(config, recorded.decode("utf-8")),)
+    raise MisuseError(
+        "no repository: set VAULTSTORE_REPOSITORY, pass --repo, or configure "
+        "destinations in the config file"
+    )
+
+
+def open_destination_store(ctx: click.Context) -> Store:
+    """The repository's store: the primary, mirrored to any secondaries.
+
+    Secondaries are tracked in ``<vault>/replicas.json``; without a vault (a
+    fresh machine) only the primary is used.
+    """
+    from vaultstore.store.open import open_store
+    from vaultstore.store.replica import ReplicatedStore
+
+    primary, *secondaries = destinations(ctx)
+    store = open_store(primary.url, primary.store_options())
+    vault = settings(ctx).vault
+    if not secondaries or not (vault / "keyfile").exists():
+        return store
+    others = [open_store(d.url, d.store_options()) for d in secondaries]
+    return ReplicatedStore(store, others, vault / REPLICA_STATE)
+
+
+@contextmanager
+def open_repository(
+    ctx: click.Context, password: str, *, allow_missing_vault: bool = False
+) -> Iterator[Repository]:
+    """Open the repository, with the vault's cache and rollback memory if any.
+
+    Without a vault (a fresh machine restoring), ``allow_missing_vault`` uses a
+    temporary cache and no high-water mark.
+    """
+    import tempfile
+
+    from vaultstore.journal import Journal
+    from vaultstore.repo.repository import Repository
+
+    s = settings(ctx)
+    store = open_destination_store(ctx)
+    if (s.vault / "keyfile").exists():
+        with Journal.open(s.vault) as journal:
+            yield Repository.open(
+                store, password, s.vault / "cache", kdf_profile(), meta=journal
+            )
+        return
+    if not allow_missing_vault:
+        raise NotFoundError(f"no vault at {s.vault}: run `vaultstore init` first")
+    with tempfile.TemporaryDirectory(prefix="vaultstore-cache-") as cache:
+        yield Repository.open(store, password, Path(cache), kdf_profile())

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from vaultstore import __version__
+from vaultstore import __version__, faults
 from vaultstore.cli import command_modules
 from vaultstore.cli.common import Settings
 from vaultstore.errors import EXIT_INTERRUPTED, VaultstoreError
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
     help="TOML config file [env VAULTSTORE_CONFIG].",
 )
 @click.option(
+    "--s3-endpoint",
+    envvar="VAULTSTORE_S3_ENDPOINT",
+    default=None,
+    help="Endpoint URL of an S3-compatible service [env VAULTSTORE_S3_ENDPOINT].",
+)
+@click.option(
     "--password-file",
     type=click.Path(path_type=Path),
     default=None,
@@ -67,6 +74,7 @@ def cli(
     vault: Path,
     repository: str | None,
     config_file: Path | None,
+    s3_endpoint: str | None,
     password_file: Path | None,
     password_command: str | None,
     log_file: str | None,
@@ -75,13 +83,44 @@ def cli(
     """Backup and disaster recovery for the wallets of AI-agent fleets."""
     os.umask(0o077)
     configure(log_level, log_file)
+    _install_fault_hook()
     ctx.obj = Settings(
         vault=vault,
         repository=repository,
         config_file=config_file,
         password_file=password_file,
         password_command=password_command,
+        s3_endpoint=s3_endpoint,
     )
+
+
+def _install_fault_hook() -> None:
+    """Crash tests: with VAULTSTORE_TESTING=1, act on VAULTSTORE_FAULT_POINT.
+
+    ``VAULTSTORE_FAULT_POINT=NAME[:N]`` SIGKILLs this process at the Nth time
+    (default 1st) it passes the durable-write point NAME (``*`` = any point);
+    ``VAULTSTORE_FAULT_LOG=FILE`` appends every point passed to FILE, so a test
+    can enumerate the points of an operation before killing at each.
+    """
+    if os.environ.get("VAULTSTORE_TESTING") != "1":
+        return
+    spec = os.environ.get("VAULTSTORE_FAULT_POINT")
+    trace = os.environ.get("VAULTSTORE_FAULT_LOG")
+    if not spec and not trace:
+        return
+    name, _, count = (spec or "").partition(":")
+    remaining = [int(count) if count else 1]
+
+    def hook(point: str) -> None:
+        if trace:
+            with open(trace, "a", encoding="utf-8") as out:
+                out.write(point + "\n")
+        if name and (name == "*" or name == point):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    faults.set_hook(hook)
 
 
 for _module in command_modules():
@@ -108,3 +147,7 @@ def main() -> None:
         click.echo("Interrupted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,10 @@ class Sealer:
         if len(sealed) < OVERHEAD:
             raise IntegrityError(f"{what} is truncated ({len(sealed)} bytes)")
         try:
-            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], associated)
+            return self._aead.decrypt(
+                sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], associated
+            )
         except InvalidTag as exc:
-            raise IntegrityError(f"{what} failed authentication (corrupt or tampered)") from exc
+            raise IntegrityError(
+                f"{what} failed authentication (corrupt or tampered)"
+            ) from exc

@@ -1,7 +1,10 @@
 """The Store protocol every repository destination implements.
 
 Names are relative, slash-separated keys (``data/ab/<pack-id>``,
-``snapshots/0000000007``). A store never interprets content. Errors are
+``snapshots/0000000007``); no segment may be empty, ``..`` or start with a dot
+(stores refuse such names with ``StoreError``). A store never interprets
+content: ``get`` returns the stored bytes unverified, and the repository layer
+checks them against the object's id. Errors are
 translated to the ``StoreError`` branch of ``vaultstore.errors``:
 ``ObjectExistsError`` when put-if-absent loses, ``ObjectMissingError`` when a
 name is absent, ``StoreError`` when the destination fails, ``LocalIOError`` for
@@ -36,7 +39,10 @@ class Store(Protocol):
         ...
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset``. Raises ObjectMissingError, StoreError."""
+        """``length`` bytes from ``offset``. Raises ObjectMissingError, StoreError.
+
+        Fewer bytes come back when the object ends sooner, none past its end.
+        """
         ...
 
     def list(self, prefix: str = "") -> Iterator[str]:

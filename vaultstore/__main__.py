@@ -1,0 +1,5 @@
+"""``python -m vaultstore``."""
+
+from vaultstore.cli.main import main
+
+main()

@@ -1,0 +1,1014 @@
+"""The journal: a durable change log plus a view of every agent's current record.
+
+On disk (``<vault>/journal.db``, mode 0600, in a 0700 directory) it is one
+SQLite database in WAL mode with ``synchronous=FULL``, so a change is durable
+once the call that made it returns. Format ``vaultstore-journal`` version 1
+(meta keys ``format`` and ``version``; other versions are refused):
+
+``events(lsn INTEGER PRIMARY KEY, time_ms, agent_id, kind, payload)``
+    The log, append-only. ``kind`` is ``wallet`` | ``lifecycle`` | ``balances``
+    | ``remove``; ``payload`` is msgpack of the validated legacy dict (wallet,
+    lifecycle record), of the balance list, or nil for ``remove``.
+``agents(agent_id PRIMARY KEY, lsn, tree_key, rhash, record)``
+    The projection: the agent's current record (``model.encode_record``), the
+    LSN that last changed it, ``model.tree_key`` and ``model.record_hash`` of
+    the record. ``record`` NULL is a tombstone (a removed agent), kept so that
+    "changed since LSN" sees removals. Indexed on ``lsn`` and ``tree_key``.
+``base(agent_id PRIMARY KEY, lsn, record)``
+    The state the log starts from: empty for a journal built by ingest, the
+    restored records for one made by :meth:`Journal.bulk_load`, and the folded
+    state for one whose log was truncated. ``meta.base_lsn`` is its LSN; every
+    event in ``events`` is above it. Projection = base + replay(events) — the
+    check :meth:`Journal.verify_projection` makes.
+``meta(key PRIMARY KEY, value BLOB)``
+    ``last_lsn`` (the LSN counter: it only grows, even when the log is
+    truncated), ``base_lsn``, ``digest`` (32-byte multiset state digest, kept
+    current in O(1) per change), ``counts`` (JSON: live agents by lifecycle
+    state, ``none`` for agents without a lifecycle record), plus keys other
+    parts of vaultstore set with :meth:`Journal.set_meta`.
+
+Every write (events, projection rows, digest, counts, LSN counter) happens in
+one SQLite transaction, so the log and the view never disagree; a crash leaves
+either all of it or none of it. An event that would not change the agent's
+record is skipped and takes no LSN, so replaying the same input is a no-op.
+
+Why a ``base`` table rather than one synthetic "restore" event per agent: the
+restored agents must keep LSNs at or below the snapshot's LSN (so "changed
+since the snapshot" is empty after a restore) while every event keeps a unique
+LSN above ``base_lsn``; a base state satisfies both, and truncation reuses it.
+
+Writes go through :meth:`Journal.writer` (or :meth:`Journal.append`): events
+are validated, applied to a per-batch cache of the touched agents and written
+with ``executemany`` every ``FLUSH_EVENTS`` agents, all inside one
+transaction. Iterators stream with ``fetchmany``; use :meth:`Journal.read_view`
+when several reads must see one consistent state while others append.
+
+``sqlite3`` is used only here: its exceptions become ``IntegrityError``
+(corrupt or not a database), ``LockedError`` (busy) or ``LocalIOError``
+(disk full, I/O error, cannot open).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import msgpack
+
+from vaultstore import faults
+from vaultstore.errors import (
+    InputError,
+    IntegrityError,
+    LocalIOError,
+    LockedError,
+    MisuseError,
+    NotFoundError,
+    UnsupportedVersionError,
+    VaultstoreError,
+)
+from vaultstore.model import (
+    EMPTY_DIGEST,
+    LIFECYCLE_STATES,
+    Record,
+    check_transition,
+    decode_record,
+    encode_record,
+    record_hash,
+    transition_allowed,
+    tree_key,
+    validate_agent_id,
+    validate_balances,
+    validate_lifecycle,
+    validate_wallet,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vaultstore-journal"
+VERSION = 1
+DB_NAME = "journal.db"
+EVENT_KINDS = ("wallet", "lifecycle", "balances", "remove")
+RESERVED_META = frozenset(
+    {"format", "version", "last_lsn", "base_lsn", "digest", "counts"}
+)
+
+# Pending rows are written with executemany every FLUSH_EVENTS events, and the
+# per-agent cache is dropped then: memory stays flat however long the run.
+FLUSH_EVENTS = 20_000
+FETCH_ROWS = 1_000
+_MOD = 1 << 256
+
+_SCHEMA = """
+CREATE TABLE events (
+    lsn INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    agent_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE agents (
+    agent_id TEXT PRIMARY KEY,
+    lsn INTEGER NOT NULL,
+    tree_key INTEGER NOT NULL,
+    rhash BLOB,
+    record BLOB
+);
+CREATE INDEX agents_by_lsn ON agents(lsn);
+CREATE INDEX agents_by_tree_key ON agents(tree_key, agent_id);
+CREATE TABLE base (
+    agent_id TEXT PRIMARY KEY,
+    lsn INTEGER NOT NULL,
+    record BLOB
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+_UPSERT_AGENT = (
+    "INSERT INTO agents(agent_id, lsn, tree_key, rhash, record) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT(agent_id) DO UPDATE SET"
+    " lsn = excluded.lsn, rhash = excluded.rhash, record = excluded.record"
+)
+
+T = TypeVar("T")
+
+
+class Event(NamedTuple):
+    """One change; ``payload`` is the legacy dict or list (None for ``remove``)."""
+
+    kind: str
+    agent_id: str
+    payload: Any
+    time_ms: int | None = None
+
+
+def _translate(exc: sqlite3.Error, path: Path | str) -> VaultstoreError:
+    """The VaultstoreError for a sqlite3 error on the journal at ``path``."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    detail = str(exc)
+    if code in (11, 26) or "malformed" in detail or "not a database" in detail:
+        return IntegrityError(f"journal {path} is corrupt: {detail}", path=str(path))
+    if code in (5, 6) or "locked" in detail:
+        return LockedError(f"journal {path} is busy (another writer?): {detail}")
+    if code in (10, 13, 14, 8):
+        return LocalIOError(f"journal {path}: {detail}", path=str(path))
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError | sqlite3.ProgrammingError
+    ):
+        return IntegrityError(
+            f"journal {path} is inconsistent: {detail}", path=str(path)
+        )
+    return LocalIOError(f"journal {path}: {detail}", path=str(path))
+
+
+def _guard(path: Path, func: Callable[[], T]) -> T:
+    try:
+        return func()
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        conn.execute("PRAGMA synchronous=FULL")
+        # A bounded page cache: a long ingest spills to the WAL, not to RAM.
+        conn.execute("PRAGMA cache_size=-32768")
+        conn.execute("PRAGMA journal_size_limit=67108864")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def _make_private_file(path: Path) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def _prepare_dir(vault_dir: Path) -> Path:
+    vault_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(vault_dir, 0o700)
+    db = vault_dir / DB_NAME
+    if db.exists():
+        raise MisuseError(f"a journal already exists at {db}", path=str(db))
+    _make_private_file(db)
+    return db
+
+
+def _decode_stored(data: bytes, agent_id: str) -> Record:
+    try:
+        return decode_record(data)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise IntegrityError(
+            f"journal record of agent {agent_id!r} does not decode", agent_id=agent_id
+        ) from exc
+
+
+def _state_of(record: Record | None) -> str | None:
+    if record is None:
+        return None
+    lifecycle = record.lifecycle
+    if lifecycle is None:
+        return "none"
+    state = lifecycle.get("state") if isinstance(lifecycle, dict) else None
+    if not isinstance(state, str):
+        raise IntegrityError(
+            f"record of agent {record.agent_id!r} has a malformed lifecycle",
+            agent_id=record.agent_id,
+        )
+    return state
+
+
+def apply_event(
+    current: Record | None, kind: str, agent_id: str, payload: Any
+) -> Record | None:
+    """The record after an event (no validation, no transition check)."""
+    if kind == "remove":
+        return None
+    base = current if current is not None else Record(agent_id, None, None, None)
+    if kind == "wallet":
+        return base._replace(wallet=payload)
+    if kind == "lifecycle":
+        return base._replace(lifecycle=payload)
+    if kind == "balances":
+        return base._replace(balances=payload)
+    raise IntegrityError(f"journal event of unknown kind {kind!r}", kind=kind)
+
+
+def validate_event(event: Event) -> None:
+    """Check an event's kind, agent and payload; raises InputError naming the field."""
+    kind, agent_id, payload = event.kind, event.agent_id, event.payload
+    if kind == "wallet":
+        validate_wallet(payload)
+        other = payload["agentId"]
+    elif kind == "lifecycle":
+        validate_lifecycle(payload)
+        other = payload["agentId"]
+    elif kind == "balances":
+        validate_agent_id(agent_id)
+        validate_balances(agent_id, payload)
+        other = agent_id
+    elif kind == "remove":
+        validate_agent_id(agent_id)
+        other = agent_id
+    else:
+        expected = ", ".join(EVENT_KINDS)
+        raise InputError(
+            f"kind: unknown event kind {kind!r} (expected one of {expected})",
+            field="kind",
+        )
+    if other != agent_id:
+        raise InputError(
+            "agentId: event agent and payload agent differ", field="agentId"
+        )
+
+
+class _Reader:
+    """Queries shared by the journal and its read views."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def _q(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return _guard(self.path, lambda: self._conn.execute(sql, params).fetchall())
+
+    def _meta_raw(self, key: str) -> bytes | None:
+        rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def get_meta(self, key: str) -> bytes | None:
+        """The value stored under ``key``, or None."""
+        return self._meta_raw(key)
+
+    def last_lsn(self) -> int:
+        """The LSN of the newest event ever appended (0 for an empty journal)."""
+        return int(self._meta_raw("last_lsn") or b"0")
+
+    def base_lsn(self) -> int:
+        """The LSN the log starts above (bulk load or truncation point)."""
+        return int(self._meta_raw("base_lsn") or b"0")
+
+    def state_digest(self) -> bytes:
+        """The 32-byte multiset digest of every live record."""
+        return self._meta_raw("digest") or EMPTY_DIGEST
+
+    def counts(self) -> dict[str, Any]:
+        """Live agents in total (``agents``) and by lifecycle state (``byState``)."""
+        by_state = _load_counts(self._meta_raw("counts"))
+        shown = {state: by_state.get(state, 0) for state in LIFECYCLE_STATES}
+        if by_state.get("none"):
+            shown["none"] = by_state["none"]
+        return {"agents": sum(by_state.values()), "byState": shown}
+
+    def get(self, agent_id: str) -> Record | None:
+        """The agent's current record, or None if unknown or removed."""
+        rows = self._q("SELECT record FROM agents WHERE agent_id = ?", (agent_id,))
+        if not rows or rows[0][0] is None:
+            return None
+        return _decode_stored(rows[0][0], agent_id)
+
+    def _stream(self, sql: str, params: tuple[Any, ...]) -> Iterator[Any]:
+        cursor = _guard(self.path, lambda: self._conn.execute(sql, params))
+        while True:
+            rows = _guard(self.path, lambda: cursor.fetchmany(FETCH_ROWS))
+            if not rows:
+                return
+            yield from rows
+
+    def iter_changed_since(
+        self, lsn: int, upto: int | None = None
+    ) -> Iterator[tuple[str, int, bytes | None]]:
+        """(agent_id, lsn, record bytes or None) of agents changed in (lsn, upto]."""
+        if upto is None:
+            sql = "SELECT agent_id, lsn, record FROM agents WHERE lsn > ? ORDER BY lsn"
+            return self._stream(sql, (lsn,))
+        sql = (
+            "SELECT agent_id, lsn, record FROM agents WHERE lsn > ? AND lsn <= ?"
+            " ORDER BY lsn"
+        )
+        return self._stream(sql, (lsn, upto))
+
+    def iter_by_tree_key(self) -> Iterator[tuple[int, str, int, bytes | None]]:
+        """(tree_key, agent_id, lsn, record bytes or None) in tree order."""
+        sql = (
+            "SELECT tree_key, agent_id, lsn, record FROM agents"
+            " ORDER BY tree_key, agent_id"
+        )
+        return self._stream(sql, ())
+
+    def iter_events(self, after: int = 0) -> Iterator[tuple[int, int, str, str, bytes]]:
+        """(lsn, time_ms, agent_id, kind, payload) of events above ``after``."""
+        sql = (
+            "SELECT lsn, time_ms, agent_id, kind, payload FROM events"
+            " WHERE lsn > ? ORDER BY lsn"
+        )
+        return self._stream(sql, (after,))
+
+
+def _load_counts(raw: bytes | None) -> dict[str, int]:
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    return {str(k): int(v) for k, v in value.items()}
+
+
+class Journal(_Reader):
+    """An open journal. Not thread-safe; one writer at a time per vault."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        super().__init__(conn, path)
+        self.vault_dir = path.parent
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def create(cls, vault_dir: Path | str) -> Journal:
+        """Create an empty journal in ``vault_dir`` (created 0700 if missing).
+
+        Raises:
+            MisuseError: a journal already exists there.
+            LocalIOError: the directory or database cannot be written.
+        """
+        vault_dir = Path(vault_dir)
+        try:
+            db = _prepare_dir(vault_dir)
+        except OSError as exc:
+            raise LocalIOError(f"cannot create journal in {vault_dir}: {exc}") from exc
+        conn = _guard(db, lambda: _connect(db))
+        journal = cls(conn, db)
+        journal._init_schema({"last_lsn": b"0", "base_lsn": b"0"})
+        journal._fix_modes()
+        log.info("created journal %s", db, extra={"event": "journal.create"})
+        return journal
+
+    @classmethod
+    def open(cls, vault_dir: Path | str) -> Journal:
+        """Open the journal of an existing vault.
+
+        Raises:
+            NotFoundError: there is no journal in ``vault_dir``.
+            IntegrityError: the file is not a vaultstore journal or is corrupt.
+            UnsupportedVersionError: the journal has another format version.
+        """
+        db = Path(vault_dir) / DB_NAME
+        if not db.is_file():
+            raise NotFoundError(
+                f"no vault at {Path(vault_dir)}: run `vaultstore init` first",
+                path=str(vault_dir),
+            )
+        conn = _guard(db, lambda: _connect(db))
+        journal = cls(conn, db)
+        try:
+            journal._check_format()
+        except BaseException:
+            conn.close()
+            raise
+        return journal
+
+    def _init_schema(self, meta: dict[str, bytes]) -> None:
+        def run() -> None:
+            # executescript commits a pending transaction first: begin inside it.
+            self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+            rows = {"format": FORMAT.encode(), "version": str(VERSION).encode(), **meta}
+            self._conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)", list(rows.items())
+            )
+            self._conn.execute("COMMIT")
+
+        _guard(self.path, run)
+
+    def _check_format(self) -> None:
+        try:
+            fmt = self._meta_raw("format")
+        except IntegrityError:
+            raise
+        except VaultstoreError as exc:
+            raise IntegrityError(
+                f"{self.path} is not a vaultstore journal: {exc}"
+            ) from exc
+        if fmt != FORMAT.encode():
+            raise IntegrityError(f"{self.path} is not a vaultstore journal")
+        version = self._meta_raw("version")
+        if version != str(VERSION).encode():
+            raise UnsupportedVersionError(
+                f"journal {self.path} has format version {version!r}; "
+                f"this build reads version {VERSION}"
+            )
+
+    def _fix_modes(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        _guard(self.path, self._conn.close)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------
+
+    @contextmanager
+    def read_view(self) -> Iterator[_Reader]:
+        """A consistent snapshot of the journal, unaffected by concurrent appends."""
+        conn = _guard(
+            self.path, lambda: sqlite3.connect(str(self.path), isolation_level=None)
+        )
+        try:
+            _guard(self.path, lambda: conn.execute("BEGIN").fetchall())
+            # The read transaction takes its snapshot at its first read.
+            _guard(
+                self.path, lambda: conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+            )
+            yield _Reader(conn, self.path)
+        finally:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            conn.close()
+
+    # -- writing -------------------------------------------------------------
+
+    def set_meta(self, key: str, value: bytes | str) -> None:
+        """Store ``value`` under ``key`` (durable on return).
+
+        Raises:
+            MisuseError: ``key`` is one the journal keeps itself.
+        """
+        if key in RESERVED_META:
+            raise MisuseError(f"meta key {key!r} is maintained by the journal")
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        sql = "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)"
+        _guard(self.path, lambda: self._conn.execute(sql, (key, data)))
+
+    @contextmanager
+    def writer(self, *, legacy: bool = False) -> Iterator[Writer]:
+        """One transaction: events added to the yielded Writer commit together.
+
+        Leaving the block normally commits (durable on return); an exception
+        rolls everything back and propagates.
+        """
+        _guard(self.path, lambda: self._conn.execute("BEGIN IMMEDIATE"))
+        writer = Writer(self, legacy)
+        try:
+            yield writer
+            writer._finish()
+            faults.point("journal.commit.before")
+            _guard(self.path, lambda: self._conn.execute("COMMIT"))
+        except BaseException:
+            if self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("rollback failed", extra={"event": "journal.rollback"})
+            raise
+        faults.point("journal.commit.after")
+        self._fix_modes()
+        if writer.applied:
+            log.info(
+                "appended %d events up to LSN %d",
+                writer.applied,
+                writer.lsn,
+                extra={
+                    "event": "journal.append",
+                    "applied": writer.applied,
+                    "skipped": writer.skipped,
+                    "lastLsn": writer.lsn,
+                },
+            )
+
+    def append(self, events: Iterable[Event], *, legacy: bool = False) -> int:
+        """Validate and append ``events`` in one transaction; returns the last LSN.
+
+        Events that would not change their agent's record are skipped. With
+        ``legacy`` lifecycle records are applied as recorded, without the
+        transition check (a warning is logged for jumps it would refuse).
+
+        Raises:
+            InputError: an event is malformed; nothing is written.
+            TransitionError: a lifecycle change is not allowed; nothing is written.
+        """
+        with self.writer(legacy=legacy) as writer:
+            for event in events:
+                writer.add(event)
+        return writer.lsn
+
+    def truncate_below(self, lsn: int) -> int:
+        """Fold the events at or below ``lsn`` into the base state and drop them.
+
+        Only call this with an LSN a durable full backup covers (the caller
+        checks). Returns the number of events removed.
+        """
+        if lsn > self.last_lsn():
+            raise MisuseError(
+                f"cannot truncate at LSN {lsn}: the journal ends at {self.last_lsn()}"
+            )
+        start = self.base_lsn()
+        if lsn <= start:
+            return 0
+
+        def run() -> int:
+            self._conn.execute("BEGIN IMMEDIATE")
+            _replay_into(self._conn, "base", start, lsn, self.path)
+            removed = self._conn.execute(
+                "DELETE FROM events WHERE lsn <= ?", (lsn,)
+            ).rowcount
+            self._conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'base_lsn'", (str(lsn).encode(),)
+            )
+            faults.point("journal.commit.before")
+            self._conn.execute("COMMIT")
+            return int(removed)
+
+        try:
+            removed = _guard(self.path, run)
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        faults.point("journal.commit.after")
+        log.info(
+            "truncated %d events at or below LSN %d",
+            removed,
+            lsn,
+            extra={"event": "journal.truncate", "lsn": lsn, "removed": removed},
+        )
+        return removed
+
+    @classmethod
+    def bulk_load(
+        cls, vault_dir: Path | str, records: Iterable[bytes | Record], lsn: int
+    ) -> Journal:
+        """Create a journal whose state is ``records`` as of ``lsn`` (for restore).
+
+        The records become both the projection and the base the log starts
+        from; the LSN counter continues above ``lsn``. ``vault_dir`` may exist
+        but must hold no journal.
+
+        Raises:
+            IntegrityError: a record does not decode or an agent appears twice.
+        """
+        journal = cls.create(vault_dir)
+        try:
+            journal._bulk_insert(records, lsn)
+        except BaseException:
+            journal.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(journal.path) + suffix).unlink(missing_ok=True)
+            raise
+        return journal
+
+    def _bulk_insert(self, records: Iterable[bytes | Record], lsn: int) -> None:
+        digest = 0
+        counts: dict[str, int] = {}
+
+        def rows() -> Iterator[tuple[str, int, int, bytes, bytes]]:
+            nonlocal digest
+            for item in records:
+                if isinstance(item, Record):
+                    data, record = encode_record(item), item
+                else:
+                    data = bytes(item)
+                    record = _decode_stored(data, "?")
+                state = _state_of(record) or "none"
+                counts[state] = counts.get(state, 0) + 1
+                rhash = record_hash(data)
+                digest += int.from_bytes(rhash, "big")
+                yield record.agent_id, lsn, tree_key(record.agent_id), rhash, data
+
+        def run() -> None:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO agents(agent_id, lsn, tree_key, rhash, record)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows(),
+            )
+            conn.execute(
+                "INSERT INTO base(agent_id, lsn, record) SELECT agent_id, lsn, record"
+                " FROM agents"
+            )
+            _write_state_meta(conn, lsn, (digest % _MOD).to_bytes(32, "big"), counts)
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'base_lsn'", (str(lsn).encode(),)
+            )
+            faults.point("journal.commit.before")
+            conn.execute("COMMIT")
+
+        try:
+            _guard(self.path, run)
+        except IntegrityError as exc:
+            if "UNIQUE" in exc.message:
+                raise IntegrityError("bulk load: an agent appears twice") from exc
+            raise
+        faults.point("journal.commit.after")
+        self._fix_modes()
+
+    # -- checking ------------------------------------------------------------
+
+    def verify_projection(self, limit: int = 100) -> list[str]:
+        """Rebuild the projection from base + log and list every difference.
+
+        Also checks each row's tree_key and rhash, the stored state digest and
+        counts. An empty list means the view matches the log. At most
+        ``limit`` differences are listed, then a count of the rest.
+        """
+        return _guard(self.path, lambda: _verify(self, limit))
+
+
+class _Live(NamedTuple):
+    """A live agent as the writer caches it: the record's encoded parts."""
+
+    parts: tuple[bytes, bytes, bytes, bytes]  # msgpack of agentId, wallet, lc, bal
+    data: bytes  # the stored record bytes
+    rhash: bytes
+    state: str | None  # lifecycle state, None without a lifecycle record
+
+
+_ABSENT = _Live((b"", b"", b"", b""), b"", b"", None)  # unknown or removed agent
+_SLOT = {"wallet": 1, "lifecycle": 2, "balances": 3}
+_NIL = msgpack.packb(None)
+_ARRAY4 = b"\x94"  # msgpack fixarray of 4: a record is the concatenation of parts
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+class Writer:
+    """Adds events inside one :meth:`Journal.writer` transaction.
+
+    A record is built from the msgpack of its four parts, so applying an event
+    costs one msgpack call (the event's payload, stored as-is) and one BLAKE3.
+    """
+
+    def __init__(self, journal: Journal, legacy: bool) -> None:
+        self._journal = journal
+        self._conn = journal._conn
+        self._legacy = legacy
+        self.lsn = journal.last_lsn()
+        self._digest = int.from_bytes(journal.state_digest(), "big")
+        self._counts = _load_counts(journal._meta_raw("counts"))
+        # Agents touched since the last flush; dropped at each flush.
+        self._cache: dict[str, _Live] = {}
+        self._dirty: dict[str, int] = {}
+        self._events: list[tuple[int, int, str, str, bytes]] = []
+        self._lookup = self._conn.cursor()
+        self._now = int(time.time() * 1000)
+        self.applied = 0
+        self.skipped = 0
+
+    def _load(self, agent_id: str) -> _Live:
+        try:
+            row = self._lookup.execute(
+                "SELECT record, rhash FROM agents WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self._journal.path) from exc
+        if row is None or row[0] is None:
+            entry = _ABSENT
+        else:
+            data = bytes(row[0])
+            record = _decode_stored(data, agent_id)
+            parts = (
+                _pack(agent_id),
+                _pack(record[1]),
+                _pack(record[2]),
+                _pack(record[3]),
+            )
+            state = None if record.lifecycle is None else record.lifecycle["state"]
+            entry = _Live(parts, data, bytes(row[1]), state)
+        self._cache[agent_id] = entry
+        return entry
+
+    def add(self, event: Event) -> int | None:
+        """Validate and apply one event; returns its LSN, or None if it was a no-op.
+
+        Raises:
+            InputError: the event is malformed.
+            TransitionError: the lifecycle change is not allowed.
+        """
+        validate_event(event)
+        agent_id, kind = event.agent_id, event.kind
+        old = self._cache.get(agent_id) or self._load(agent_id)
+        if kind == "remove":
+            if old is _ABSENT:
+                self._skip()
+                return None
+            new, payload = _ABSENT, _NIL
+        else:
+            payload = _pack(event.payload)
+            slot = _SLOT[kind]
+            parts = (
+                list(old.parts)
+                if old is not _ABSENT
+                else [_pack(agent_id)] + [_NIL] * 3
+            )
+            if parts[slot] == payload:
+                self._skip()
+                return None
+            state = old.state
+            if kind == "lifecycle":
+                state = event.payload["state"]
+                self._check_lifecycle(agent_id, old.state, state)
+            parts[slot] = payload
+            data = _ARRAY4 + b"".join(parts)
+            new = _Live(
+                (parts[0], parts[1], parts[2], parts[3]), data, record_hash(data), state
+            )
+        self._account(old, new)
+        self.lsn += 1
+        time_ms = event.time_ms if event.time_ms is not None else self._now
+        self._events.append((self.lsn, time_ms, agent_id, kind, payload))
+        self._cache[agent_id] = new
+        self._dirty[agent_id] = self.lsn
+        self.applied += 1
+        if len(self._cache) >= FLUSH_EVENTS:
+            self._flush_guarded()
+        return self.lsn
+
+    def _skip(self) -> None:
+        self.skipped += 1
+        if len(self._cache) >= FLUSH_EVENTS:
+            self._flush_guarded()
+
+    def _check_lifecycle(
+        self, agent_id: str, old_state: str | None, new_state: str
+    ) -> None:
+        if not self._legacy:
+            check_transition(agent_id, old_state, new_state)
+        elif not transition_allowed(old_state, new_state):
+            log.warning(
+                "legacy record of agent %r jumps from %s to %s",
+                agent_id,
+                old_state,
+                new_state,
+                extra={
+                    "event": "journal.legacy-jump",
+                    "agentId": agent_id,
+                    "from": old_state,
+                    "to": new_state,
+                },
+            )
+
+    def _account(self, old: _Live, new: _Live) -> None:
+        counts = self._counts
+        if old is not _ABSENT:
+            self._digest -= int.from_bytes(old.rhash, "big")
+            state = old.state or "none"
+            counts[state] = counts.get(state, 0) - 1
+        if new is not _ABSENT:
+            self._digest += int.from_bytes(new.rhash, "big")
+            state = new.state or "none"
+            counts[state] = counts.get(state, 0) + 1
+
+    def _flush(self) -> None:
+        conn = self._conn
+        if self._events:
+            conn.executemany(
+                "INSERT INTO events(lsn, time_ms, agent_id, kind, payload)"
+                " VALUES (?, ?, ?, ?, ?)",
+                self._events,
+            )
+        rows: list[tuple[str, int, int, bytes | None, bytes | None]] = []
+        for agent_id, lsn in self._dirty.items():
+            live = self._cache[agent_id]
+            if live is _ABSENT:
+                rows.append((agent_id, lsn, tree_key(agent_id), None, None))
+            else:
+                rows.append((agent_id, lsn, tree_key(agent_id), live.rhash, live.data))
+        conn.executemany(_UPSERT_AGENT, rows)
+        self._events.clear()
+        self._dirty.clear()
+        self._cache.clear()
+        self._now = int(time.time() * 1000)
+
+    def _flush_guarded(self) -> None:
+        _guard(self._journal.path, self._flush)
+
+    def _finish(self) -> None:
+        def run() -> None:
+            self._flush()
+            digest = (self._digest % _MOD).to_bytes(32, "big")
+            _write_state_meta(self._conn, self.lsn, digest, self._counts)
+
+        _guard(self._journal.path, run)
+
+
+def _write_state_meta(
+    conn: sqlite3.Connection, lsn: int, digest: bytes, counts: dict[str, int]
+) -> None:
+    counts_blob = json.dumps({k: v for k, v in sorted(counts.items()) if v}).encode()
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+        [("last_lsn", str(lsn).encode()), ("digest", digest), ("counts", counts_blob)],
+    )
+
+
+def _replay_into(
+    conn: sqlite3.Connection, table: str, after: int, upto: int | None, path: Path
+) -> None:
+    """Apply events in (after, upto] to ``table`` (agent_id, lsn, record) in chunks."""
+    cursor = after
+    while True:
+        sql = "SELECT lsn, agent_id, kind, payload FROM events WHERE lsn > ?"
+        params: tuple[int, ...] = (cursor,)
+        if upto is not None:
+            sql += " AND lsn <= ?"
+            params = (cursor, upto)
+        chunk = conn.execute(
+            sql + f" ORDER BY lsn LIMIT {FLUSH_EVENTS}", params
+        ).fetchall()
+        if not chunk:
+            return
+        state: dict[str, tuple[Record | None, int]] = {}
+        agents = list({row[1] for row in chunk})
+        for start in range(0, len(agents), 500):
+            part = agents[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for agent_id, lsn, data in conn.execute(
+                f"SELECT agent_id, lsn, record FROM {table}"
+                f" WHERE agent_id IN ({marks})",
+                part,
+            ):
+                state[agent_id] = (
+                    None if data is None else _decode_stored(data, agent_id),
+                    lsn,
+                )
+        for lsn, agent_id, kind, payload in chunk:
+            try:
+                value = msgpack.unpackb(payload, raw=False)
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise IntegrityError(
+                    f"journal event at LSN {lsn} does not decode"
+                ) from exc
+            current = state.get(agent_id, (None, 0))[0]
+            state[agent_id] = (apply_event(current, kind, agent_id, value), lsn)
+        conn.executemany(
+            f"INSERT OR REPLACE INTO {table}(agent_id, lsn, record) VALUES (?, ?, ?)",
+            [
+                (agent_id, lsn, None if rec is None else encode_record(rec))
+                for agent_id, (rec, lsn) in state.items()
+            ],
+        )
+        cursor = chunk[-1][0]
+
+
+def _verify(journal: Journal, limit: int) -> list[str]:
+    conn = journal._conn
+    problems: list[str] = []
+    conn.execute("BEGIN")
+    try:
+        conn.execute("DROP TABLE IF EXISTS temp.rebuilt")
+        conn.execute(
+            "CREATE TEMP TABLE rebuilt"
+            " (agent_id TEXT PRIMARY KEY, lsn INTEGER, record BLOB)"
+        )
+        conn.execute(
+            "INSERT INTO temp.rebuilt SELECT agent_id, lsn, record FROM main.base"
+        )
+        base_lsn = journal.base_lsn()
+        _replay_into(conn, "temp.rebuilt", base_lsn, None, journal.path)
+        problems += _compare(conn, limit)
+        problems += _check_rows(journal, limit)
+        last = conn.execute("SELECT max(lsn), min(lsn) FROM events").fetchone()
+        if last[0] is not None and last[0] > journal.last_lsn():
+            problems.append(
+                f"event LSN {last[0]} is above the LSN counter {journal.last_lsn()}"
+            )
+        if last[1] is not None and last[1] <= base_lsn:
+            problems.append(f"event LSN {last[1]} is not above the base LSN {base_lsn}")
+        conn.execute("DROP TABLE temp.rebuilt")
+    finally:
+        conn.execute("ROLLBACK")
+    if problems:
+        log.warning(
+            "projection check found %d problems",
+            len(problems),
+            extra={"event": "journal.verify.failed", "problems": len(problems)},
+        )
+    return problems
+
+
+def _compare(conn: sqlite3.Connection, limit: int) -> list[str]:
+    problems: list[str] = []
+    queries = (
+        (
+            "SELECT a.agent_id, a.lsn, r.lsn, a.record IS NULL, r.record IS NULL"
+            " FROM main.agents a LEFT JOIN temp.rebuilt r ON r.agent_id = a.agent_id"
+            " WHERE r.agent_id IS NULL OR a.lsn IS NOT r.lsn"
+            " OR a.record IS NOT r.record"
+        ),
+        (
+            "SELECT r.agent_id, NULL, r.lsn, NULL, r.record IS NULL"
+            " FROM temp.rebuilt r LEFT JOIN main.agents a ON a.agent_id = r.agent_id"
+            " WHERE a.agent_id IS NULL"
+        ),
+    )
+    total = 0
+    for sql in queries:
+        for agent_id, lsn, rebuilt_lsn, _gone, _rebuilt_gone in conn.execute(sql):
+            total += 1
+            if total > limit:
+                continue
+            if rebuilt_lsn is None:
+                problems.append(
+                    f"agent {agent_id!r}: in the projection but not in the log"
+                )
+            elif lsn is None:
+                problems.append(
+                    f"agent {agent_id!r}: in the log but not in the projection"
+                )
+            elif lsn != rebuilt_lsn:
+                problems.append(
+                    f"agent {agent_id!r}: projection LSN {lsn}, log says {rebuilt_lsn}"
+                )
+            else:
+                problems.append(
+                    f"agent {agent_id!r}: projection record differs from the log"
+                )
+    if total > limit:
+        problems.append(f"... and {total - limit} more differing agents")
+    return problems
+
+
+def _check_rows(journal: Journal, limit: int) -> list[str]:
+    problems: list[str] = []
+    digest = 0
+    counts: dict[str, int] = {}
+    rows = journal._conn.execute("SELECT agent_id, tree_key, rhash, record FROM agents")
+    while batch := rows.fetchmany(FETCH_ROWS):
+        for agent_id, key, rhash, data in batch:
+            if key != tree_key(agent_id) and len(problems) < limit:
+                problems.append(f"agent {agent_id!r}: wrong tree_key")
+            if data is None:
+                if rhash is not None and len(problems) < limit:
+                    problems.append(f"agent {agent_id!r}: tombstone with a record hash")
+                continue
+            if rhash != record_hash(data) and len(problems) < limit:
+                problems.append(f"agent {agent_id!r}: record hash does not match")
+            digest += int.from_bytes(record_hash(data), "big")
+            state = _state_of(_decode_stored(data, agent_id)) or "none"
+            counts[state] = counts.get(state, 0) + 1
+    if (digest % _MOD).to_bytes(32, "big") != journal.state_digest():
+        problems.append("stored state digest differs from the records")
+    stored = {k: v for k, v in _load_counts(journal._meta_raw("counts")).items() if v}
+    if stored != counts:
+        problems.append(f"stored counts {stored} differ from the records {counts}")
+    return problems

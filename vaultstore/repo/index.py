@@ -1,0 +1,185 @@
+"""The object index: object id → (pack, kind, offset, length), a rebuildable cache.
+
+Kept in the vault at ``cache/<repo-id>/index`` (file 0600, directories 0700).
+Layout (version 1)::
+
+    b"VSIDX" ‖ version u8 ‖ msgpack [packs, objects] ‖ BLAKE3-256 of what precedes
+
+``packs`` is a list of 16-byte pack ids; ``objects`` a list of
+``[oid, pack number, kind, offset, length]``. The checksum only detects
+damage: the index is a cache, every object it points at is authenticated when
+opened. A missing, damaged or unknown-version index is rebuilt from the pack
+tables of contents; packs present in the store but not in the index (written
+by another host, or by a run that crashed before saving the index) are added
+on open, and packs no longer in the store are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import blake3
+import msgpack
+
+from vaultstore.errors import IntegrityError, LocalIOError
+from vaultstore.repo.objects import ObjectCodec
+from vaultstore.repo.pack import TocEntry, pack_id_from_name, read_toc
+from vaultstore.store.base import Store
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"VSIDX"
+VERSION = 1
+
+Location = tuple[int, int, int, int]  # pack number, kind, offset, length
+
+
+class Index:
+    """In-memory object index with load, save and sync against the store."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.packs: list[bytes] = []
+        self._pack_numbers: dict[bytes, int] = {}
+        self.objects: dict[bytes, Location] = {}
+        self.dirty = False
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self.objects
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def lookup(self, oid: bytes) -> tuple[bytes, int, int, int] | None:
+        """``(pack id, kind, offset, length)`` of an object, or None."""
+        loc = self.objects.get(oid)
+        if loc is None:
+            return None
+        return self.packs[loc[0]], loc[1], loc[2], loc[3]
+
+    def add_pack(self, pack_id: bytes, entries: list[TocEntry], size: int = 0) -> None:
+        """Record every object of a pack (first location of an id wins)."""
+        number = self._pack_numbers.get(pack_id)
+        if number is None:
+            number = len(self.packs)
+            self.packs.append(pack_id)
+            self._pack_numbers[pack_id] = number
+        for e in entries:
+            self.objects.setdefault(e.oid, (number, e.kind, e.offset, e.length))
+        self.dirty = True
+
+    def load(self) -> bool:
+        """Load from disk; False (and empty) when missing or damaged."""
+        if self.path is None:
+            return False
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning(
+                "cannot read index %s: %s",
+                self.path,
+                exc.strerror,
+                extra={"event": "repo.index.unreadable"},
+            )
+            return False
+        try:
+            self._decode(data)
+        except (IntegrityError, ValueError, TypeError, msgpack.ExtraData) as exc:
+            log.warning(
+                "index %s is damaged (%s); rebuilding",
+                self.path,
+                exc,
+                extra={"event": "repo.index.damaged"},
+            )
+            self.packs, self._pack_numbers, self.objects = [], {}, {}
+            return False
+        return True
+
+    def _decode(self, data: bytes) -> None:
+        body, check = data[:-32], data[-32:]
+        if len(data) < 38 or blake3.blake3(body).digest() != check:
+            raise IntegrityError("index checksum mismatch")
+        if body[:5] != MAGIC or body[5] != VERSION:
+            raise IntegrityError("index magic or version unknown")
+        packs, objects = msgpack.unpackb(body[6:], raw=False)
+        self.packs = [bytes(p) for p in packs]
+        self._pack_numbers = {p: i for i, p in enumerate(self.packs)}
+        self.objects = {o[0]: (o[1], o[2], o[3], o[4]) for o in objects}
+        if any(not 0 <= loc[0] < len(self.packs) for loc in self.objects.values()):
+            raise IntegrityError("index refers to an unknown pack")
+
+    def save(self) -> None:
+        """Write atomically (temp, fsync, rename). Raises LocalIOError."""
+        if self.path is None or not self.dirty:
+            return
+        body = (
+            MAGIC
+            + bytes((VERSION,))
+            + msgpack.packb(
+                [self.packs, [[k, *v] for k, v in self.objects.items()]],
+                use_bin_type=True,
+            )
+        )
+        data = body + blake3.blake3(body).digest()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise LocalIOError(
+                f"cannot write index {self.path}: {exc.strerror}"
+            ) from exc
+        self.dirty = False
+
+    def sync(self, store: Store, codec: ObjectCodec) -> list[tuple[bytes, str]]:
+        """Add packs the index lacks, drop packs the store lacks.
+
+        Returns the packs whose table could not be read, with the reason.
+        """
+        present = {}
+        for name in store.list("data/"):
+            pack_id = pack_id_from_name(name)
+            if pack_id is not None:
+                present[pack_id] = name
+        bad: list[tuple[bytes, str]] = []
+        gone = [p for p in self.packs if p not in present]
+        if gone:
+            self._drop(set(gone))
+        for pack_id in sorted(present):
+            if pack_id in self._pack_numbers:
+                continue
+            try:
+                entries = read_toc(store, codec, pack_id)
+            except IntegrityError as exc:
+                bad.append((pack_id, exc.message))
+                log.warning(
+                    "pack %s unreadable: %s",
+                    pack_id.hex(),
+                    exc.message,
+                    extra={"event": "repo.pack.bad-toc"},
+                )
+                continue
+            self.add_pack(pack_id, entries)
+        return bad
+
+    def _drop(self, gone: set[bytes]) -> None:
+        keep = [p for p in self.packs if p not in gone]
+        renumber = {self._pack_numbers[p]: i for i, p in enumerate(keep)}
+        self.objects = {
+            oid: (renumber[loc[0]], loc[1], loc[2], loc[3])
+            for oid, loc in self.objects.items()
+            if loc[0] in renumber
+        }
+        self.packs = keep
+        self._pack_numbers = {p: i for i, p in enumerate(keep)}
+        self.dirty = True

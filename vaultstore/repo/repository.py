@@ -1,0 +1,999 @@
+"""The repository: keys, config, full and incremental backups, reading, checking.
+
+Store layout::
+
+    config                 b"VSCONF" ‖ version u8 ‖ msgpack {repo_id, version,
+                           created_ms}
+                           ‖ HMAC-SHA256(manifest MAC key, b"config" ‖ all before)
+    keys/<key-id>          key files (vaultstore.crypto.keyfile) wrapping the master key
+    data/<xx>/<pack-id>    packs (pack.py)
+    snapshots/<seq:010d>   manifests (manifest.py), put-if-absent: the commit point
+
+A backup reads the journal inside one read view, so it sees one LSN. Objects
+are written first, each pack confirmed by the store, and the manifest last.
+Rollback: the vault keeps the highest sequence seen per repository in journal
+meta (``repo_hwm:<repo-id>``); a latest manifest below it is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import msgpack
+
+from vaultstore import faults
+from vaultstore.crypto import keyfile
+from vaultstore.crypto.purpose import RepoKeys
+from vaultstore.errors import (
+    IntegrityError,
+    LockedError,
+    MisuseError,
+    NotFoundError,
+    ObjectExistsError,
+    ObjectMissingError,
+    UnsupportedVersionError,
+    VaultstoreError,
+    WrongPasswordError,
+)
+from vaultstore.model import tree_key
+from vaultstore.repo import tree
+from vaultstore.repo.index import Index
+from vaultstore.repo.manifest import (
+    FULL,
+    INCREMENTAL,
+    Manifest,
+    ManifestCodec,
+    manifest_name,
+    seq_from_name,
+)
+from vaultstore.repo.objects import (
+    BATCH,
+    CHANGES,
+    LEAF,
+    REPO_ID_SIZE,
+    ROOT,
+    ObjectCodec,
+    decode_batch,
+    describe,
+)
+from vaultstore.repo.pack import DEFAULT_PACK_SIZE, PackWriter, TocEntry, pack_name
+from vaultstore.store.base import Store
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+CONFIG_NAME = "config"
+CONFIG_MAGIC = b"VSCONF"
+FORMAT_VERSION = 1
+HWM_PREFIX = "repo_hwm:"
+BATCH_CACHE = 64
+PACK_CACHE = 2
+
+
+class JournalLike(Protocol):
+    """What a backup needs from the journal (``vaultstore.journal.Journal``)."""
+
+    def read_view(self) -> AbstractContextManager[Any]: ...
+    def last_lsn(self) -> int: ...
+    def state_digest(self) -> bytes: ...
+    def counts(self) -> dict[str, Any]: ...
+    def iter_changed_since(
+        self, lsn: int, upto: int | None = None
+    ) -> Iterator[tuple[str, int, bytes | None]]: ...
+    def iter_by_tree_key(self) -> Iterator[tuple[int, str, int, bytes | None]]: ...
+    def get_meta(self, key: str) -> bytes | None: ...
+
+
+class MetaLike(Protocol):
+    def get_meta(self, key: str) -> bytes | None: ...
+    def set_meta(self, key: str, value: bytes) -> None: ...
+
+
+@dataclass
+class BackupResult:
+    """What one backup stored."""
+
+    snapshot: str
+    type: str
+    seq: int
+    parent: str | None
+    lsn_start: int
+    lsn_end: int
+    agents: int
+    records_added: int
+    objects_added: int
+    bytes_added: int
+    duration_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Problem:
+    """One damaged thing found by check, and the snapshots depending on it."""
+
+    what: str
+    message: str
+    snapshots: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "message": self.message,
+            "snapshots": sorted(self.snapshots),
+        }
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :meth:`Repository.check`."""
+
+    packs: int = 0
+    objects: int = 0
+    snapshots: int = 0
+    read_data: bool = False
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "packs": self.packs,
+            "objects": self.objects,
+            "snapshots": self.snapshots,
+            "read_data": self.read_data,
+            "problems": [p.as_dict() for p in self.problems],
+            "warnings": self.warnings,
+        }
+
+
+def _encode_config(repo_id: bytes, keys: RepoKeys, created_ms: int) -> bytes:
+    body = msgpack.packb(
+        {"repo_id": repo_id, "version": FORMAT_VERSION, "created_ms": created_ms},
+        use_bin_type=True,
+    )
+    signed = CONFIG_MAGIC + bytes((FORMAT_VERSION,)) + bytes(body)
+    return (
+        signed
+        + hmac.new(keys.manifest_mac, b"config" + signed, hashlib.sha256).digest()
+    )
+
+
+def _decode_config(data: bytes, keys: RepoKeys) -> bytes:
+    signed, mac = data[:-32], data[-32:]
+    if len(data) < 40 or signed[:6] != CONFIG_MAGIC:
+        raise IntegrityError("repository config is damaged")
+    expect = hmac.new(keys.manifest_mac, b"config" + signed, hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, expect):
+        raise IntegrityError(
+            "repository config failed its MAC (tampered, or another key)"
+        )
+    if signed[6] != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"repository format version {signed[6]} is unknown"
+        )
+    body = msgpack.unpackb(signed[7:], raw=False)
+    repo_id = body.get("repo_id") if isinstance(body, dict) else None
+    if not isinstance(repo_id, bytes) or len(repo_id) != REPO_ID_SIZE:
+        raise IntegrityError("repository config has no valid id")
+    return repo_id
+
+
+class Repository:
+    """One open repository (keys unlocked, index loaded)."""
+
+    def __init__(
+        self,
+        store: Store,
+        repo_id: bytes,
+        keys: RepoKeys,
+        cache_dir: Path | None,
+        *,
+        meta: MetaLike | None = None,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        batch_records: int = 256,
+    ) -> None:
+        self.store = store
+        self.id = repo_id.hex()
+        self.codec = ObjectCodec(repo_id, keys)
+        self.manifests = ManifestCodec(repo_id, keys)
+        self.meta = meta
+        self.pack_size = pack_size
+        self.batch_records = batch_records
+        path = cache_dir / self.id / "index" if cache_dir is not None else None
+        self.index = Index(path)
+        self._manifest_cache: dict[int, Manifest] = {}
+        self._batches: OrderedDict[bytes, list[bytes]] = OrderedDict()
+        self._packs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._streaming = 0
+        # True: every full re-reads the whole journal in tree order instead of
+        # patching the parent full's tree with the changes since it.
+        self.full_rescan = False
+        if not self.index.load():
+            log.info(
+                "building object index from pack tables",
+                extra={"event": "repo.index.rebuild"},
+            )
+        self.bad_packs = self.index.sync(store, self.codec)
+        self.index.save()
+
+    # ----------------------------------------------------------------- keys
+    @classmethod
+    def init(
+        cls,
+        store: Store,
+        password: str,
+        profile: str,
+        cache_dir: Path | None = None,
+        *,
+        master_key: bytes | None = None,
+        now_ms: int | None = None,
+        **kw: Any,
+    ) -> Repository:
+        """Create a repository: master key, key file, config.
+
+        Raises:
+            MisuseError: the store already holds a repository.
+            WeakPasswordError: the password fails the password rule.
+        """
+        if store.exists(CONFIG_NAME):
+            raise MisuseError(f"{store.url} already holds a repository")
+        master = master_key if master_key is not None else keyfile.generate_master_key()
+        data = keyfile.create_keyfile(master, password, profile)
+        store.put(f"keys/{hashlib.sha256(data).hexdigest()[:16]}", data)
+        keys = RepoKeys.from_master(master)
+        repo_id = os.urandom(REPO_ID_SIZE)
+        created = now_ms if now_ms is not None else int(time.time() * 1000)
+        store.put(CONFIG_NAME, _encode_config(repo_id, keys, created))
+        log.info(
+            "repository created", extra={"event": "repo.init", "repo": repo_id.hex()}
+        )
+        return cls(store, repo_id, keys, cache_dir, **kw)
+
+    @classmethod
+    def open(
+        cls,
+        store: Store,
+        password: str,
+        cache_dir: Path | None,
+        profile: str = "production",
+        **kw: Any,
+    ) -> Repository:
+        """Open with a password: try each key file (one KDF run per file).
+
+        Raises:
+            NotFoundError: no repository at this store.
+            WrongPasswordError: no key file opens with the password.
+        """
+        master = open_master_key(store, password, profile)
+        return cls.open_with_key(store, master, cache_dir, **kw)
+
+    @classmethod
+    def open_with_key(
+        cls, store: Store, master_key: bytes, cache_dir: Path | None, **kw: Any
+    ) -> Repository:
+        """Open with an already unwrapped master key."""
+        try:
+            data = store.get(CONFIG_NAME)
+        except ObjectMissingError as exc:
+            raise NotFoundError(f"no repository at {store.url}") from exc
+        keys = RepoKeys.from_master(master_key)
+        return cls(store, _decode_config(data, keys), keys, cache_dir, **kw)
+
+    # ------------------------------------------------------------ manifests
+    def _manifest(self, seq: int) -> Manifest:
+        cached = self._manifest_cache.get(seq)
+        if cached is None:
+            name = manifest_name(seq)
+            cached = self.manifests.decode(self.store.get(name), name)
+            self._manifest_cache[seq] = cached
+        return cached
+
+    def _seqs(self) -> list[int]:
+        return sorted(
+            s for n in self.store.list("snapshots/") if (s := seq_from_name(n))
+        )
+
+    def snapshots(self) -> list[Manifest]:
+        """Every manifest, verified, oldest first. Raises IntegrityError."""
+        return [self._manifest(s) for s in self._seqs()]
+
+    def latest(self) -> Manifest | None:
+        """The newest manifest, refusing a rollback below the vault's high-water mark.
+
+        Raises:
+            IntegrityError: bad manifest, or an older manifest presented as latest.
+        """
+        seqs = self._seqs()
+        latest = self._manifest(seqs[-1]) if seqs else None
+        hwm = self._hwm()
+        if hwm and (latest is None or latest.seq < hwm):
+            raise IntegrityError(
+                f"repository rolled back: latest snapshot sequence is "
+                f"{latest.seq if latest else 0} but this vault has seen {hwm}",
+                seen=hwm,
+            )
+        return latest
+
+    def _hwm(self) -> int:
+        if self.meta is None:
+            return 0
+        raw = self.meta.get_meta(HWM_PREFIX + self.id)
+        return int(raw.decode()) if raw else 0
+
+    def _note_seq(self, seq: int) -> None:
+        if self.meta is not None and seq > self._hwm():
+            self.meta.set_meta(HWM_PREFIX + self.id, str(seq).encode())
+
+    def _by_id(self, snapshot_id: str, below: int) -> Manifest:
+        for seq in reversed([s for s in self._seqs() if s < below]):
+            m = self._manifest(seq)
+            if m.id == snapshot_id:
+                return m
+        raise IntegrityError(f"snapshot {snapshot_id[:16]} (a parent) is missing")
+
+    def chain(self, manifest: Manifest) -> list[Manifest]:
+        """The full and the incrementals leading to ``manifest``, every link verified.
+
+        Raises:
+            IntegrityError: a missing parent, or a sequence, LSN or digest mismatch.
+        """
+        out = [manifest]
+        cur = manifest
+        while cur.type == INCREMENTAL:
+            if cur.parent is None:
+                raise IntegrityError(
+                    f"incremental snapshot {cur.id[:16]} has no parent"
+                )
+            parent = self._by_id(cur.parent, cur.seq)
+            if (
+                parent.lsn_end != cur.lsn_start
+                or parent.digest_after != cur.digest_before
+            ):
+                raise IntegrityError(
+                    f"snapshot {cur.id[:16]} does not continue its parent "
+                    f"{parent.id[:16]}"
+                )
+            out.append(parent)
+            cur = parent
+        out.reverse()
+        return out
+
+    def resolve(self, spec: str = "latest", at_ms: int | None = None) -> list[Manifest]:
+        """The verified chain for ``spec``: ``latest``, a sequence or an id prefix.
+
+        Raises:
+            NotFoundError: no such snapshot.
+            IntegrityError: a manifest or a chain link is bad.
+        """
+        target = self._find(spec, at_ms)
+        if spec == "latest" and at_ms is None:
+            self._note_seq(target.seq)
+        return self.chain(target)
+
+    def _find(self, spec: str, at_ms: int | None) -> Manifest:
+        if spec == "latest":
+            latest = self.latest()
+            if latest is None:
+                raise NotFoundError("the repository has no snapshots")
+            if at_ms is None:
+                return latest
+            for seq in reversed(self._seqs()):
+                m = self._manifest(seq)
+                if m.time_ms <= at_ms:
+                    return m
+            raise NotFoundError("no snapshot at or before the given time")
+        seqs = self._seqs()
+        if spec.isdigit() and len(spec) < 12:
+            if int(spec) in seqs:
+                return self._manifest(int(spec))
+            raise NotFoundError(f"no snapshot with sequence {spec}")
+        hits = [
+            m
+            for m in (self._manifest(s) for s in seqs)
+            if m.id.startswith(spec.lower())
+        ]
+        if len(hits) != 1:
+            raise NotFoundError(f"no unique snapshot matches {spec!r}")
+        return hits[0]
+
+    # --------------------------------------------------------------- objects
+    def read_object(self, kind: int, oid: bytes) -> bytes:
+        """The verified plaintext of an object.
+
+        Raises:
+            IntegrityError: missing from every pack, or corrupt.
+        """
+        loc = self.index.lookup(oid)
+        if loc is None:
+            raise IntegrityError(f"{describe(kind, oid)} is missing", object=oid.hex())
+        pack_id, stored_kind, offset, length = loc
+        if stored_kind != kind:
+            raise IntegrityError(f"{describe(kind, oid)} is stored as another kind")
+        try:
+            if self._streaming:
+                sealed = self._whole_pack(pack_id)[offset : offset + length]
+            else:
+                sealed = self.store.get_range(pack_name(pack_id), offset, length)
+        except ObjectMissingError as exc:
+            raise IntegrityError(f"{describe(kind, oid)}: its pack is missing") from exc
+        return self.codec.open(kind, oid, sealed)
+
+    def _whole_pack(self, pack_id: bytes) -> bytes:
+        # Streaming a whole snapshot reads packs mostly in order: one GET per
+        # pack instead of one per object; two packs of a few MiB are kept.
+        data = self._packs.get(pack_id)
+        if data is None:
+            data = self.store.get(pack_name(pack_id))
+            self._packs[pack_id] = data
+            if len(self._packs) > PACK_CACHE:
+                self._packs.popitem(last=False)
+        else:
+            self._packs.move_to_end(pack_id)
+        return data
+
+    def _batch(self, oid: bytes) -> list[bytes]:
+        records = self._batches.get(oid)
+        if records is None:
+            records = decode_batch(self.read_object(BATCH, oid), describe(BATCH, oid))
+            self._batches[oid] = records
+            if len(self._batches) > BATCH_CACHE:
+                self._batches.popitem(last=False)
+        else:
+            self._batches.move_to_end(oid)
+        return records
+
+    def _record(self, batch: bytes, slot: int) -> bytes:
+        records = self._batch(batch)
+        if not 0 <= slot < len(records):
+            raise IntegrityError(f"{describe(BATCH, batch)} has no slot {slot}")
+        return records[slot]
+
+    def _entries(self, kind: int, oid: bytes) -> list[tree.Entry]:
+        return tree.decode_entries(self.read_object(kind, oid), describe(kind, oid))
+
+    def _root(self, oid: bytes) -> tuple[int, int, bytes]:
+        """``(bits, agents, whole leaf table)`` of a root, following deltas."""
+        root = self._root_object(oid)
+        return root.bits, root.agents, self._root_table(root)
+
+    def _root_object(self, oid: bytes) -> tree.Root:
+        return tree.decode_root(self.read_object(ROOT, oid), describe(ROOT, oid))
+
+    def _root_table(self, root: tree.Root) -> bytes:
+        if root.base is None:
+            return root.table
+        base = self._root_object(root.base)
+        if base.depth != root.depth - 1 or base.bits != root.bits:
+            raise IntegrityError(
+                f"{describe(ROOT, root.base)} is not a valid delta base"
+            )
+        return tree.apply_delta(root, self._root_table(base))
+
+    # ------------------------------------------------------------ reading
+    def iter_changes(self, manifest: Manifest) -> Iterator[tuple[str, bytes | None]]:
+        """An incremental's changes (None = removed); for a full, its whole state."""
+        if manifest.type == FULL:
+            for agent_id, batch, slot in self._iter_tree(manifest):
+                yield agent_id, self._record(batch, slot)
+            return
+        for oid in manifest.changes:
+            for agent, changed, where in self._entries(CHANGES, oid):
+                if changed is None:
+                    yield agent, None
+                else:
+                    yield agent, self._record(changed, int(where or 0))
+
+    def _iter_tree(self, full: Manifest) -> Iterator[tuple[str, bytes, int]]:
+        if full.root is None:
+            raise IntegrityError(f"snapshot {full.id[:16]} has no tree root")
+        bits, _, leaf_ids = self._root(full.root)
+        for bucket in range(1 << bits):
+            lid = tree.leaf_at(leaf_ids, bucket)
+            if lid != tree.EMPTY:
+                for agent_id, batch, slot in self._entries(LEAF, lid):
+                    if batch is None:
+                        raise IntegrityError(f"{describe(LEAF, lid)} holds a tombstone")
+                    yield agent_id, batch, int(slot or 0)
+
+    def iter_state(self, manifest: Manifest) -> Iterator[bytes]:
+        """Record bytes of the whole state at ``manifest``, in tree order.
+
+        Memory grows with the chain's changes, not with the number of agents.
+
+        Raises:
+            IntegrityError: a chain link or an object is missing or corrupt.
+        """
+        self._streaming += 1
+        try:
+            yield from self._iter_state(manifest)
+        finally:
+            self._streaming -= 1
+            if not self._streaming:
+                self._packs.clear()
+
+    def _iter_state(self, manifest: Manifest) -> Iterator[bytes]:
+        chain = self.chain(manifest)
+        full = chain[0]
+        changes: dict[str, tuple[bytes, int] | None] = {}
+        for inc in chain[1:]:
+            for oid in inc.changes:
+                for agent_id, batch, slot in self._entries(CHANGES, oid):
+                    changes[agent_id] = (
+                        None if batch is None else (batch, int(slot or 0))
+                    )
+        if full.root is None:
+            raise IntegrityError(f"snapshot {full.id[:16]} has no tree root")
+        bits, _, leaf_ids = self._root(full.root)
+        shift = 63 - bits
+        added = sorted(
+            (tree_key(a), a, loc) for a, loc in changes.items() if loc is not None
+        )
+        pos = 0
+        for bucket in range(1 << bits):
+            lid = tree.leaf_at(leaf_ids, bucket)
+            base = self._entries(LEAF, lid) if lid != tree.EMPTY else []
+            start = pos
+            while pos < len(added) and added[pos][0] >> shift == bucket:
+                pos += 1
+            if start == pos:
+                last: bytes | None = None
+                records: list[bytes] = []
+                for agent_id, batch, slot in base:
+                    if batch is None or (changes and agent_id in changes):
+                        continue
+                    if batch != last:  # consecutive agents share a batch
+                        records, last = self._batch(batch), batch
+                    if not 0 <= int(slot or 0) < len(records):
+                        raise IntegrityError(
+                            f"{describe(BATCH, batch)} has no slot {slot}"
+                        )
+                    yield records[int(slot or 0)]
+                continue
+            merged = [
+                (tree_key(a), a, (b, s)) for a, b, s in base if a not in changes and b
+            ]
+            merged.extend(added[start:pos])
+            merged.sort(key=lambda item: (item[0], item[1]))
+            for _, _, loc in merged:
+                yield self._record(loc[0], int(loc[1] or 0))
+
+    # ------------------------------------------------------------- backup
+    def backup(
+        self,
+        journal: Any,
+        kind: str,
+        seed_envelope: dict[str, Any],
+        host: str,
+        now_ms: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> BackupResult:
+        """Write one snapshot (``full`` or ``incremental``) of the journal's state.
+
+        Raises:
+            MisuseError: an incremental with no snapshot to build on.
+            LockedError: another backup committed an incremental's parent first.
+            IntegrityError: a rollback, or a damaged parent.
+        """
+        if kind not in (FULL, INCREMENTAL):
+            raise MisuseError(f"backup kind must be full or incremental, not {kind!r}")
+        started = time.monotonic()
+        if self.meta is None:
+            self.meta = journal
+        run = _Run(self)
+        with journal.read_view() as view:
+            # Every read goes through the view: one consistent LSN for the run.
+            reader: JournalLike = view if view is not None else journal
+            parent = self.latest()
+            if kind == INCREMENTAL and parent is None:
+                raise MisuseError("no snapshot yet: the first backup must be --full")
+            lsn_end = reader.last_lsn()
+            digest_after = reader.state_digest()
+            agents = int(reader.counts()["agents"])
+            changes: list[bytes] = []
+            root: bytes | None = None
+            if kind == FULL:
+                root, agents = self._write_full(reader, parent, run, progress, lsn_end)
+            elif parent is not None:
+                changes = self._write_changes(reader, parent, lsn_end, run, progress)
+        run.finish()
+        self.index.save()
+        manifest = Manifest(
+            type=kind,
+            time_ms=now_ms,
+            host=host,
+            seq=0,
+            lsn_start=0 if kind == FULL or parent is None else parent.lsn_end,
+            lsn_end=lsn_end,
+            parent=parent.id if parent else None,
+            root=root,
+            changes=changes,
+            agents=agents,
+            records_added=run.batches.records_written,
+            digest_before=parent.digest_after if parent else bytes(32),
+            digest_after=digest_after,
+            seed_envelope=seed_envelope,
+            bytes_added=run.packs.bytes_written,
+        )
+        self._commit(manifest, parent)
+        result = BackupResult(
+            snapshot=manifest.id,
+            type=kind,
+            seq=manifest.seq,
+            parent=manifest.parent,
+            lsn_start=manifest.lsn_start,
+            lsn_end=lsn_end,
+            agents=agents,
+            records_added=manifest.records_added,
+            objects_added=run.objects,
+            bytes_added=manifest.bytes_added + manifest.stored_size,
+            duration_s=time.monotonic() - started,
+        )
+        log.info(
+            "%s backup %s stored %d records, %d bytes",
+            kind,
+            manifest.id[:16],
+            result.records_added,
+            result.bytes_added,
+            extra={"event": "repo.backup.done", **result.as_dict()},
+        )
+        return result
+
+    def _commit(self, manifest: Manifest, parent: Manifest | None) -> None:
+        manifest.seq = (parent.seq if parent else 0) + 1
+        for _ in range(8):
+            data = self.manifests.encode(manifest)
+            faults.point("repo.manifest.before-write")
+            try:
+                self.store.put(manifest_name(manifest.seq), data)
+            except ObjectExistsError:
+                newest = self.latest()
+                if manifest.type == INCREMENTAL or newest is None:
+                    raise LockedError(
+                        f"another backup published snapshot {manifest.seq} first; rerun"
+                    ) from None
+                # A full is self-contained: rebase it on the new latest.
+                manifest.seq = newest.seq + 1
+                manifest.parent = newest.id
+                manifest.digest_before = newest.digest_after
+                continue
+            faults.point("repo.manifest.after-write")
+            self._manifest_cache[manifest.seq] = manifest
+            self._note_seq(manifest.seq)
+            return
+        raise LockedError("could not publish the snapshot: too many concurrent backups")
+
+    def _write_changes(
+        self,
+        journal: JournalLike,
+        parent: Manifest,
+        lsn_end: int,
+        run: _Run,
+        progress: Callable[[int], None] | None,
+    ) -> list[bytes]:
+        pending: list[tuple[str, int | None]] = []
+        for agent_id, _lsn, record in journal.iter_changed_since(
+            parent.lsn_end, lsn_end
+        ):
+            if record is None:
+                pending.append((agent_id, None))
+            else:
+                gen, slot = run.batches.add(record)
+                pending.append((agent_id, tree.pending_slot(gen, slot)))
+            if progress is not None and len(pending) % 4096 == 0:
+                progress(4096)
+        run.batches.close_batch()
+        ids = run.batches.ids
+        out: list[bytes] = []
+        for start in range(0, max(len(pending), 1), tree.CHANGES_PER_OBJECT):
+            entries: list[tree.Entry] = []
+            for agent_id, packed in pending[start : start + tree.CHANGES_PER_OBJECT]:
+                if packed is None:
+                    entries.append((agent_id, None, None))
+                else:
+                    gen, slot = divmod(packed, 1 << 20)
+                    entries.append((agent_id, ids[gen], slot))
+            oid, sealed = self.codec.seal(CHANGES, tree.encode_entries(entries))
+            run.emit(CHANGES, oid, sealed)
+            out.append(oid)
+        return out
+
+    def _changes_since(
+        self, journal: JournalLike, lsn: int, upto: int, limit: int
+    ) -> list[tuple[int, str, int, bytes | None]] | None:
+        """Rows changed in (lsn, upto] in tree order, or None past ``limit`` rows."""
+        rows = list(itertools.islice(journal.iter_changed_since(lsn, upto), limit + 1))
+        if len(rows) > limit:
+            return None
+        return sorted((tree_key(a), a, row_lsn, rec) for a, row_lsn, rec in rows)
+
+    def _patch_leaves(
+        self,
+        changed: list[tuple[int, str, int, bytes | None]],
+        parent_leaves: bytes,
+        shift: int,
+        base_lsn: int,
+        since: dict[str, tuple[bytes, int, int]],
+        run: _Run,
+        leaves: tree.LeafWriter,
+    ) -> None:
+        """Rewrite the leaves of buckets with changes; every other leaf is shared."""
+        for bucket, group in itertools.groupby(changed, key=lambda r: r[0] >> shift):
+            rows = list(group)
+            touched = {r[1] for r in rows}
+            lid = tree.leaf_at(parent_leaves, bucket)
+            merged: list[tuple[int, str, bytes | None, int]] = [
+                (tree_key(a), a, b, int(s or 0))
+                for a, b, s in (self._entries(LEAF, lid) if lid != tree.EMPTY else [])
+                if a not in touched and b is not None
+            ]
+            fresh = False
+            for tk, agent_id, lsn, record in rows:
+                if record is None or lsn <= base_lsn:
+                    continue
+                hit = since.get(agent_id)
+                if hit is not None and lsn <= hit[2]:
+                    merged.append((tk, agent_id, hit[0], hit[1]))
+                else:
+                    gen, slot = run.batches.add(record)
+                    merged.append((tk, agent_id, None, tree.pending_slot(gen, slot)))
+                    fresh = True
+            merged.sort(key=lambda m: (m[0], m[1]))
+            if merged:
+                entries = [(a, b, s) for _, a, b, s in merged]
+                leaves.add(tree.PendingLeaf(bucket, entries), fresh)
+            else:
+                leaves.clear(bucket)
+
+    def _write_full(
+        self,
+        journal: JournalLike,
+        parent: Manifest | None,
+        run: _Run,
+        progress: Callable[[int], None] | None,
+        lsn_end: int,
+    ) -> tuple[bytes, int]:
+        chain = self.chain(parent) if parent is not None else []
+        base = chain[0] if chain else None
+        parent_bits: int | None = None
+        parent_leaves = b""
+        parent_root: tree.Root | None = None
+        if base is not None and base.root is not None:
+            parent_root = self._root_object(base.root)
+            parent_bits, parent_leaves = parent_root.bits, self._root_table(parent_root)
+        base_lsn = base.lsn_end if base is not None else -1
+        # Locations of records already stored by incrementals since the base full.
+        since: dict[str, tuple[bytes, int, int]] = {}
+        for inc in chain[1:]:
+            for oid in inc.changes:
+                for agent_id, batch, slot in self._entries(CHANGES, oid):
+                    if batch is None:
+                        since.pop(agent_id, None)
+                    else:
+                        since[agent_id] = (batch, int(slot or 0), inc.lsn_end)
+        bits = tree.choose_bits(int(journal.counts()["agents"]), parent_bits)
+        same = parent_bits == bits
+        leaf_ids = bytearray(tree.ID_SIZE << bits)
+        leaves = tree.LeafWriter(self.codec, run.batches, run.emit, leaf_ids)
+        shift = 63 - bits
+
+        def consume(rows_in: Iterator[tuple[int, str, int, bytes | None]]) -> int:
+            agents = 0
+            rows_seen = 0
+            for bucket, group in itertools.groupby(
+                rows_in, key=lambda r: r[0] >> shift
+            ):
+                rows = list(group)
+                rows_seen += len(rows)
+                if progress is not None and rows_seen >= 4096:
+                    progress(rows_seen)
+                    rows_seen = 0
+                if same and all(r[2] <= base_lsn for r in rows):
+                    leaf_ids[bucket * 32 : bucket * 32 + 32] = tree.leaf_at(
+                        parent_leaves, bucket
+                    )
+                    agents += sum(1 for r in rows if r[3] is not None)
+                    continue
+                known: dict[str, tuple[bytes, int]] = {}
+                if same:
+                    lid = tree.leaf_at(parent_leaves, bucket)
+                    if lid != tree.EMPTY:
+                        known = {
+                            a: (b, int(s or 0))
+                            for a, b, s in self._entries(LEAF, lid)
+                            if b
+                        }
+                entries: list[tuple[str, bytes | None, int]] = []
+                fresh = False
+                for _tk, agent_id, lsn, record in rows:
+                    if record is None:
+                        continue
+                    agents += 1
+                    loc = known.get(agent_id) if lsn <= base_lsn else None
+                    if loc is None and (hit := since.get(agent_id)) and lsn <= hit[2]:
+                        loc = (hit[0], hit[1])
+                    if loc is None:
+                        gen, slot = run.batches.add(record)
+                        entries.append((agent_id, None, tree.pending_slot(gen, slot)))
+                        fresh = True
+                    else:
+                        entries.append((agent_id, loc[0], loc[1]))
+                if entries:
+                    leaves.add(tree.PendingLeaf(bucket, entries), fresh)
+            run.batches.close_batch()
+            leaves.resolve()
+            if leaves.pending:
+                raise IntegrityError("internal: tree leaves left unresolved")
+            return agents
+
+        changed = None
+        if same and base is not None and not self.full_rescan:
+            changed = self._changes_since(
+                journal, base_lsn, lsn_end, 1 + (1 << bits) * 4
+            )
+        if changed is not None:
+            # Few changes since the base full: patch its tree, O(changes).
+            leaf_ids[:] = parent_leaves
+            self._patch_leaves(
+                changed, parent_leaves, shift, base_lsn, since, run, leaves
+            )
+            run.batches.close_batch()
+            leaves.resolve()
+            if leaves.pending:
+                raise IntegrityError("internal: tree leaves left unresolved")
+            agents = int(journal.counts()["agents"])
+        else:
+            # The journal is read on this thread (its connection belongs here) while
+            # the tree is built on a worker: SQLite and zstd run outside the GIL.
+            agents = feed_worker(journal.iter_by_tree_key(), consume)
+        root = tree.delta_root(
+            bits,
+            agents,
+            leaf_ids,
+            parent_root,
+            base.root if base else None,
+            parent_leaves,
+        )
+        oid, sealed = self.codec.seal(ROOT, tree.encode_root(root))
+        run.emit(ROOT, oid, sealed)
+        return oid, agents
+
+    # --------------------------------------------------------------- check
+    def check(self, read_data: bool = False) -> CheckReport:
+        """Verify manifests, chains, packs and every referenced object.
+
+        With ``read_data`` every object of every pack is decrypted and its id
+        recomputed; without, tree objects are read and batches checked for
+        presence. Each problem names the object and the snapshots depending on it.
+        """
+        from vaultstore.repo.checker import Checker
+
+        return Checker(self, read_data).run()
+
+
+class _Run:
+    """Writers of one backup run; skips objects the repository already holds."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.written: set[bytes] = set()
+        self.objects = 0
+        self.packs = PackWriter(repo.store, repo.codec, repo.pack_size, self._on_pack)
+        self.batches = tree.BatchWriter(
+            repo.codec, self.emit, max_records=repo.batch_records
+        )
+
+    def emit(self, kind: int, oid: bytes, sealed: bytes) -> None:
+        if oid in self.written or oid in self.repo.index:
+            return
+        self.written.add(oid)
+        self.objects += 1
+        self.packs.add(kind, oid, sealed)
+
+    def _on_pack(self, pack_id: bytes, entries: list[TocEntry], size: int) -> None:
+        self.repo.index.add_pack(pack_id, entries, size)
+
+    def finish(self) -> None:
+        self.packs.flush()
+
+
+_DONE = object()
+
+
+class _ProducerFailed(Exception):
+    """Raised on the worker when the reading thread failed (its error wins)."""
+
+
+def feed_worker(source: Iterable[_T], consume: Callable[[Iterator[_T]], _R]) -> _R:
+    """Run ``consume`` over ``source`` on a worker thread, reading on this one.
+
+    Rows travel in chunks through a bounded queue (memory stays flat). An
+    exception on either side stops both and is re-raised here.
+    """
+    chunks: queue.Queue[object] = queue.Queue(maxsize=8)
+    outcome: dict[str, Any] = {}
+    stopped = threading.Event()
+
+    def rows() -> Iterator[_T]:
+        while True:
+            chunk = chunks.get()
+            if chunk is _DONE:
+                return
+            if isinstance(chunk, BaseException):
+                raise _ProducerFailed() from chunk
+            yield from chunk  # type: ignore[misc]
+
+    def work() -> None:
+        try:
+            outcome["value"] = consume(rows())
+        except BaseException as exc:  # re-raised on the calling thread
+            outcome["error"] = exc
+        finally:
+            stopped.set()
+
+    worker = threading.Thread(target=work, name="vaultstore-backup", daemon=True)
+    worker.start()
+    try:
+        it = iter(source)
+        while not stopped.is_set():
+            chunk = list(itertools.islice(it, 2048))
+            _put(chunks, chunk if chunk else _DONE, stopped)
+            if not chunk:
+                break
+    except BaseException as exc:
+        _put(chunks, exc, stopped)
+        worker.join()
+        raise
+    worker.join()
+    error = outcome.get("error")
+    if error is not None:
+        raise error
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def _put(chunks: queue.Queue[object], item: object, stopped: threading.Event) -> None:
+    while not stopped.is_set():
+        try:
+            chunks.put(item, timeout=0.05)
+            return
+        except queue.Full:
+            continue
+
+
+def open_master_key(store: Store, password: str, profile: str) -> bytes:
+    """Unwrap the master key from the first key file the password opens.
+
+    Raises:
+        NotFoundError: no key files.
+        WrongPasswordError: none opens.
+    """
+    names = list(store.list("keys/"))
+    if not names:
+        raise NotFoundError(f"no repository key files at {store.url}")
+    last: VaultstoreError | None = None
+    for name in names:
+        try:
+            return keyfile.open_keyfile(store.get(name), password, profile)
+        except WrongPasswordError as exc:
+            last = exc
+    raise last or WrongPasswordError("wrong password")

@@ -1,0 +1,332 @@
+"""Snapshot trees, change sets and the record-batch writer.
+
+A full snapshot's state is a two-level tree keyed by ``model.tree_key``:
+
+    root (kind ROOT)   msgpack [bits, agents, table, base, changed, changed ids, depth]
+                       whole root: ``table`` is 2**bits × 32 bytes, the leaf id of
+                       bucket b at offset 32·b (32 zero bytes = empty bucket),
+                       base nil. Delta root (a full after a small change): table
+                       empty, ``base`` the parent full's root id, ``changed`` the
+                       changed bucket numbers (u32 BE each), ``changed ids`` their
+                       leaf ids; ``depth`` counts deltas down to a whole root
+                       (at most 8), so a 1 % change does not rewrite the table
+    leaf (kind LEAF)   msgpack [[batch id, ...], [[agentId, batch ref, slot], ...]]
+                       entries sorted by (tree_key, agentId); ``batch ref`` indexes
+                       the leaf's own batch table, ``slot`` the record in the batch
+
+Bucket of an agent = top ``bits`` bits of its 63-bit tree key; ``bits`` is
+chosen so leaves hold about 16 agents (11–22), and kept from the parent full while
+it stays within a factor of four of that, so leaves can be shared by id.
+
+A change set (kind CHANGES) has the leaf layout; a tombstone (agent removed)
+has ``batch ref`` and ``slot`` nil. Incrementals may split their change set
+into several objects of at most :data:`CHANGES_PER_OBJECT` entries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+
+from vaultstore.errors import IntegrityError
+from vaultstore.repo.objects import (
+    BATCH,
+    LEAF,
+    ObjectCodec,
+    encode_batch,
+    unpack_plain,
+)
+from vaultstore.repo.objects import (
+    ID_SIZE as ID_SIZE,
+)
+
+log = logging.getLogger(__name__)
+
+TARGET_LEAF = 16
+MAX_BITS = 40
+CHANGES_PER_OBJECT = 65536
+EMPTY = bytes(ID_SIZE)
+
+Location = tuple[bytes, int]  # batch object id, slot
+Entry = tuple[str, bytes, int] | tuple[str, None, None]
+
+
+def ideal_bits(agents: int) -> int:
+    """Bucket bits so that leaves hold about TARGET_LEAF agents (log2, rounded)."""
+    bits = 0
+    while bits < MAX_BITS and agents * agents >= (TARGET_LEAF << bits) ** 2 * 2:
+        bits += 1
+    return bits
+
+
+def choose_bits(agents: int, parent_bits: int | None) -> int:
+    """Keep the parent's bits while within two bits of ideal (so leaves are shared)."""
+    ideal = ideal_bits(agents)
+    if parent_bits is not None and abs(parent_bits - ideal) <= 2:
+        return parent_bits
+    return ideal
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    """Leaf / change-set plaintext from (agentId, batch id|None, slot|None)."""
+    table: dict[bytes, int] = {}
+    rows: list[list[object]] = []
+    for agent_id, batch, slot in entries:
+        if batch is None:
+            rows.append([agent_id, None, None])
+        else:
+            ref = table.setdefault(batch, len(table))
+            rows.append([agent_id, ref, slot])
+    return bytes(msgpack.packb([list(table), rows], use_bin_type=True))
+
+
+def decode_entries(plaintext: bytes, what: str) -> list[Entry]:
+    """Inverse of :func:`encode_entries`. Raises IntegrityError."""
+    value = unpack_plain(plaintext, what)
+    if not isinstance(value, list) or len(value) != 2:
+        raise IntegrityError(f"{what} is malformed")
+    table, rows = value
+    if not isinstance(table, list) or not isinstance(rows, list):
+        raise IntegrityError(f"{what} is malformed")
+    out: list[Entry] = []
+    try:
+        for agent_id, ref, slot in rows:
+            if not isinstance(agent_id, str):
+                raise TypeError
+            if ref is None:
+                out.append((agent_id, None, None))
+            else:
+                batch = table[ref]
+                if not isinstance(batch, bytes) or len(batch) != ID_SIZE:
+                    raise TypeError
+                out.append((agent_id, batch, int(slot)))
+    except (TypeError, ValueError, IndexError) as exc:
+        raise IntegrityError(f"{what} has a malformed entry") from exc
+    return out
+
+
+@dataclass
+class Root:
+    """A decoded root: either the whole leaf table, or a delta over a base root."""
+
+    bits: int
+    agents: int
+    table: bytes  # whole table (2**bits × 32), or b"" for a delta
+    base: bytes | None = None  # base root id of a delta
+    changed: bytes = b""  # bucket numbers, u32 BE each
+    changed_ids: bytes = b""  # their leaf ids, 32 bytes each
+    depth: int = 0  # deltas between this root and a whole one
+
+
+def encode_root(root: Root) -> bytes:
+    return bytes(
+        msgpack.packb(
+            [
+                root.bits,
+                root.agents,
+                root.table,
+                root.base,
+                root.changed,
+                root.changed_ids,
+                root.depth,
+            ],
+            use_bin_type=True,
+        )
+    )
+
+
+def decode_root(plaintext: bytes, what: str) -> Root:
+    """Raises IntegrityError on a malformed root."""
+    value = unpack_plain(plaintext, what)
+    try:
+        if not isinstance(value, list) or len(value) != 7:
+            raise TypeError
+        root = Root(*value)
+        if not 0 <= root.bits <= MAX_BITS or not isinstance(root.table, bytes):
+            raise TypeError
+        if root.base is None:
+            ok = len(root.table) == ID_SIZE << root.bits
+        else:
+            ok = (
+                isinstance(root.base, bytes)
+                and len(root.base) == ID_SIZE
+                and len(root.changed) * 8 == len(root.changed_ids)
+                and root.depth > 0
+            )
+        if not ok:
+            raise TypeError
+    except TypeError as exc:
+        raise IntegrityError(f"{what} is malformed") from exc
+    return root
+
+
+def delta_root(
+    bits: int,
+    agents: int,
+    table: bytearray,
+    parent: Root | None,
+    parent_id: bytes | None,
+    parent_table: bytes,
+    max_depth: int = 8,
+) -> Root:
+    """A delta over the parent root when few buckets changed, else a whole root."""
+    whole = Root(bits, agents, bytes(table))
+    if parent is None or parent_id is None or parent.bits != bits:
+        return whole
+    if parent.depth + 1 > max_depth:
+        return whole
+    changed = bytearray()
+    ids = bytearray()
+    limit = (1 << bits) // 4
+    for b in range(1 << bits):
+        at = b * ID_SIZE
+        if table[at : at + ID_SIZE] != parent_table[at : at + ID_SIZE]:
+            changed += b.to_bytes(4, "big")
+            ids += table[at : at + ID_SIZE]
+            if len(changed) // 4 > limit:
+                return whole
+    return Root(
+        bits, agents, b"", parent_id, bytes(changed), bytes(ids), parent.depth + 1
+    )
+
+
+def apply_delta(root: Root, base_table: bytes) -> bytes:
+    """The whole leaf table of a delta root over its base's table."""
+    table = bytearray(base_table)
+    if len(table) != ID_SIZE << root.bits:
+        raise IntegrityError("a delta root and its base disagree on the bucket count")
+    for i in range(len(root.changed) // 4):
+        b = int.from_bytes(root.changed[4 * i : 4 * i + 4], "big")
+        if b >= 1 << root.bits:
+            raise IntegrityError("a delta root names a bucket out of range")
+        table[b * ID_SIZE : (b + 1) * ID_SIZE] = root.changed_ids[
+            i * ID_SIZE : (i + 1) * ID_SIZE
+        ]
+    return bytes(table)
+
+
+def leaf_at(leaf_ids: bytes, bucket: int) -> bytes:
+    return leaf_ids[bucket * ID_SIZE : (bucket + 1) * ID_SIZE]
+
+
+Emit = Callable[[int, bytes, bytes], None]  # kind, oid, sealed
+
+
+@dataclass
+class BatchWriter:
+    """Collects records into batches; a record's batch id is known once it closes.
+
+    ``add`` returns a *pending* location ``(generation, slot)``; after
+    :meth:`close_batch`, ``ids[generation]`` is the batch's object id.
+    """
+
+    codec: ObjectCodec
+    emit: Emit
+    max_records: int = 256
+    max_bytes: int = 256 * 1024
+    generation: int = 0
+    ids: dict[int, bytes] = field(default_factory=dict)
+    records_written: int = 0
+    _records: list[bytes] = field(default_factory=list)
+    _size: int = 0
+    on_close: Callable[[], None] | None = None
+
+    def add(self, record: bytes) -> tuple[int, int]:
+        """Queue a record; returns its pending (generation, slot)."""
+        slot = len(self._records)
+        self._records.append(record)
+        self._size += len(record)
+        pending = (self.generation, slot)
+        if len(self._records) >= self.max_records or self._size >= self.max_bytes:
+            self.close_batch()
+        return pending
+
+    def close_batch(self) -> None:
+        """Seal the open batch (no-op when empty)."""
+        if not self._records:
+            return
+        oid, sealed = self.codec.seal(BATCH, encode_batch(self._records))
+        self.emit(BATCH, oid, sealed)
+        self.ids[self.generation] = oid
+        self.records_written += len(self._records)
+        self.generation += 1
+        self._records = []
+        self._size = 0
+        if self.on_close is not None:
+            self.on_close()
+
+
+@dataclass
+class PendingLeaf:
+    bucket: int
+    # (agentId, batch id, slot) or (agentId, None, generation) for pending records
+    entries: list[tuple[str, bytes | None, int]]
+
+
+class LeafWriter:
+    """Turns bucket entries into leaf objects once their batches are sealed.
+
+    Leaves whose records are all stored already are written at once; the
+    others wait for the open batch to close (at most one batch's worth of
+    buckets). The root table is indexed by bucket, so write order is free.
+    """
+
+    def __init__(
+        self, codec: ObjectCodec, batches: BatchWriter, emit: Emit, leaf_ids: bytearray
+    ) -> None:
+        self.codec = codec
+        self.batches = batches
+        self.emit = emit
+        self.leaf_ids = leaf_ids
+        self.pending: list[PendingLeaf] = []
+        self.leaves_written = 0
+        batches.on_close = self.resolve
+
+    def add(self, leaf: PendingLeaf, has_pending: bool | None = None) -> None:
+        """Write ``leaf`` now, or once the batch holding its new records closes."""
+        if has_pending is None:
+            has_pending = any(batch is None for _, batch, _ in leaf.entries)
+        if has_pending:
+            self.pending.append(leaf)
+        else:
+            self._write(leaf)
+
+    def clear(self, bucket: int) -> None:
+        """Mark ``bucket`` empty (its last agent was removed)."""
+        self.leaf_ids[bucket * ID_SIZE : (bucket + 1) * ID_SIZE] = EMPTY
+
+    def resolve(self) -> None:
+        """Write every pending leaf whose records are all in sealed batches."""
+        open_gen = self.batches.generation
+        keep: list[PendingLeaf] = []
+        for leaf in self.pending:
+            if any(b is None and s >> 20 >= open_gen for _, b, s in leaf.entries):
+                keep.append(leaf)
+            else:
+                self._write(leaf)
+        self.pending = keep
+
+    def _write(self, leaf: PendingLeaf) -> None:
+        ids = self.batches.ids
+        entries: list[Entry] = []
+        for agent_id, batch, slot in leaf.entries:
+            if batch is None:
+                gen, slot = divmod(slot, 1 << 20)
+                entries.append((agent_id, ids[gen], slot))
+            else:
+                entries.append((agent_id, batch, slot))
+        oid, sealed = self.codec.seal(LEAF, encode_entries(entries))
+        self.emit(LEAF, oid, sealed)
+        self.leaves_written += 1
+        b = leaf.bucket
+        self.leaf_ids[b * ID_SIZE : (b + 1) * ID_SIZE] = oid
+
+
+def pending_slot(generation: int, slot: int) -> int:
+    """Pack a pending (generation, slot) into one int for a PendingLeaf entry."""
+    if not 0 <= slot < 1 << 20:
+        raise ValueError("batch slot out of range")
+    return (generation << 20) | slot
