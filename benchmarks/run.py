@@ -87,7 +87,11 @@ def make_mnemonic(work: Path) -> Path:
 
 
 def run_vaultstore(
-    work: Path, state: Path, changes: Path, mnemonic: Path | None
+    work: Path,
+    state: Path,
+    changes: Path,
+    mnemonic: Path | None,
+    profile: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Every vaultstore step on one fleet, each as a measured subprocess."""
     vs = vaultstore_command()
@@ -123,9 +127,15 @@ def run_vaultstore(
     ]
     results: dict[str, Any] = {}
     for name, args, step_env, watch in plan:
+        command = [*vs, *args]
+        prof = work / "profiles" / f"{name}.prof"
+        if name in profile:
+            prof.parent.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "cProfile", "-o", str(prof)]
+            command += ["-m", "vaultstore", *args]
         step = run_measured(
             f"vaultstore-{name}",
-            [*vs, *args],
+            command,
             env=step_env,
             cwd=work,
             watch=watch,
@@ -133,10 +143,32 @@ def run_vaultstore(
             parse_json=True,
             stdin=mnemonic if name == "init" else None,
         )
+        if name in profile and prof.exists():
+            step.extra["profiled"] = True
+            step.extra["profile_top"] = profile_top(prof)
         results[name] = step.as_dict()
         _say(f"  vaultstore {name:20} {_brief(step)}")
+        if "profile_top" in step.extra:
+            _say("\n".join(f"      {line}" for line in step.extra["profile_top"]))
     results["sizes"] = {"vault": dir_size(vault), "repository": dir_size(repo)}
     return results
+
+
+def profile_top(path: Path, count: int = 15) -> list[str]:
+    """The functions with the most own time in a cProfile dump, as text lines."""
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    rows = sorted(
+        stats.stats.items(),  # type: ignore[attr-defined]
+        key=lambda item: item[1][2],
+        reverse=True,
+    )
+    lines = [f"{'own s':>8} {'cum s':>8} {'calls':>9}  function"]
+    for (file, line, func), (_, calls, own, cum, _) in rows[:count]:
+        where = f"{Path(file).name}:{line}({func})" if line else func
+        lines.append(f"{own:8.2f} {cum:8.2f} {calls:9d}  {where}")
+    return lines
 
 
 def _brief(step: Measurement) -> str:
@@ -427,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-json", action="store_true", help="no plain JSON peer")
     parser.add_argument("--keep-work", action="store_true")
     parser.add_argument(
+        "--profile",
+        default="",
+        help="comma-separated vaultstore steps to run under cProfile (their "
+        "times then include the profiler's overhead); the top functions by own "
+        "time go to the output and results.json, the dumps to work/profiles",
+    )
+    parser.add_argument(
         "--random-addresses",
         action="store_true",
         help="faster generation; restore and import-json then refuse the "
@@ -453,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
             work, args.seed, agents, args.percent, mnemonic
         )
         run["vaultstore"] = run_vaultstore(
-            work, work / "state.ndjson", work / "changes.ndjson", mnemonic
+            work,
+            work / "state.ndjson",
+            work / "changes.ndjson",
+            mnemonic,
+            frozenset(x.strip() for x in args.profile.split(",") if x.strip()),
         )
         if not args.skip_peers:
             _say("  peers: restic, borg, plain JSON")

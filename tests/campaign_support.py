@@ -29,9 +29,7 @@ from vaultstore.vault import Vault
 
 # Canary secrets: the secrets campaign greps every output for these.
 PASSWORD = "Canary-Passw0rd-7Qx!vz"
-MNEMONIC = (
-    "legal winner thank year wave sausage worth useful legal winner thank yellow"
-)
+MNEMONIC = "legal winner thank year wave sausage worth useful legal winner thank yellow"
 VAULTSTORE = [sys.executable, "-m", "vaultstore.cli.main"]
 T0 = 1_800_000_000_000
 
@@ -102,7 +100,7 @@ def run_main(env: dict[str, str], *args: str, stdin: str | None = None) -> Resul
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def run_forked(env: dict[str, str], *args: str) -> Result:
+def run_forked(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
     """Run the real entry point in a forked child process (no interpreter start-up).
 
     The child is a real process: ``VAULTSTORE_FAULT_POINT`` SIGKILLs it exactly
@@ -110,14 +108,21 @@ def run_forked(env: dict[str, str], *args: str) -> Result:
     """
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as given,
+    ):
+        given.write((stdin or "").encode("utf-8"))
+        given.flush()
+        given.seek(0)
         pid = os.fork()
         if pid == 0:  # the child: never returns into pytest
             code = 70
             try:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
-                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(given.fileno(), 0)
                 sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
                 sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
                 sys.stdin = open(0, closefd=False)  # noqa: SIM115
@@ -136,13 +141,16 @@ def run_forked(env: dict[str, str], *args: str) -> Result:
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(
-            status
+        code = (
+            -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         )
         out.seek(0)
         err.seek(0)
-        return Result(code, out.read().decode(errors="replace"),
-                      err.read().decode(errors="replace"))
+        return Result(
+            code,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
 
 
 class _TextStdin(io.TextIOWrapper):

@@ -47,11 +47,24 @@ class Pristine:
         self.packs: dict[int, Path] = {}
         steps: list[tuple[str, list[Event]]] = [
             ("full", list(agent_events(range(40)))),
-            ("incremental", [*agent_events(range(38, 50), wei=9),
-                             Event("remove", "agent-00002", None)]),
+            (
+                "incremental",
+                [
+                    *agent_events(range(38, 50), wei=9),
+                    Event("remove", "agent-00002", None),
+                ],
+            ),
             ("full", list(agent_events(range(50, 55)))),
-            ("incremental", [Event("lifecycle", "agent-00007",
-                                   lifecycle(7, "suspended", suspendedAt=T0 + 5))]),
+            (
+                "incremental",
+                [
+                    Event(
+                        "lifecycle",
+                        "agent-00007",
+                        lifecycle(7, "suspended", suspendedAt=T0 + 5),
+                    )
+                ],
+            ),
         ]
         seen: set[Path] = set()
         self.digests: dict[int, bytes] = {}
@@ -271,11 +284,18 @@ def test_damage_is_named_with_its_snapshots_and_refused(
     if header_only:
         return
     target = tmp_path / "cli-target"
-    done = run_main(work.env(VAULTSTORE_VAULT=str(tmp_path / "fresh")), "restore",
-                    str(worst), "--target", str(target))
+    done = run_main(
+        work.env(VAULTSTORE_VAULT=str(tmp_path / "fresh")),
+        "restore",
+        str(worst),
+        "--target",
+        str(target),
+    )
     assert done.code in (3, 12), done.err
     assert not target.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cli-target")] == []
+    assert [
+        p.name for p in tmp_path.iterdir() if p.name.startswith(".cli-target")
+    ] == []
 
 
 @pytest.mark.reliability(9)
@@ -341,7 +361,107 @@ def test_another_repositorys_key_file_does_not_open_this_one(
     work = pristine.src.copy_to(tmp_path / "w")
     shutil.rmtree(work.repo_dir / "keys")
     shutil.copytree(pristine.other.repo_dir / "keys", work.repo_dir / "keys")
-    done = run_main(work.env(VAULTSTORE_VAULT=str(tmp_path / "fresh")), "restore",
-                    "--target", str(tmp_path / "t"))
+    done = run_main(
+        work.env(VAULTSTORE_VAULT=str(tmp_path / "fresh")),
+        "restore",
+        "--target",
+        str(tmp_path / "t"),
+    )
     assert done.code == 3, done.err
     assert not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------- the journal
+
+
+def _journal_with_torn_tail(vault: Path, a: list[Event], b: list[Event]) -> None:
+    """Commit A then B in a child process that is SIGKILLed (no checkpoint)."""
+    from vaultstore.journal import Journal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            journal = Journal.create(vault)
+            journal.append(a)
+            journal.append(b)
+        finally:
+            os.kill(os.getpid(), 9)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.reliability(3)
+@pytest.mark.parametrize("cut", [1, 100, 4000])
+def test_torn_last_journal_record_is_dropped_and_the_journal_opens(
+    tmp_path: Path, cut: int
+) -> None:
+    from vaultstore.journal import Journal
+
+    a = list(agent_events(range(30)))
+    b = list(agent_events(range(30, 33)))
+    reference = tmp_path / "ref"
+    with Journal.create(reference) as journal:
+        journal.append(a)
+        digest_a, lsn_a = journal.state_digest(), journal.last_lsn()
+    vault = tmp_path / "vault"
+    _journal_with_torn_tail(vault, a, b)
+    wal = vault / "journal.db-wal"
+    size = wal.stat().st_size
+    assert size > 4096, "the kill left no write-ahead log to tear"
+    with open(wal, "r+b") as fh:  # the last write reached the disk only in part
+        fh.truncate(size - cut)
+    with Journal.open(vault) as journal:
+        assert journal.last_lsn() == lsn_a
+        assert journal.state_digest() == digest_a
+        assert journal.verify_projection() == []
+        journal.append(b)  # and it takes new writes
+        assert journal.last_lsn() == lsn_a + len(b)
+
+
+def _corrupt_table_page(db: Path, table: str) -> int:
+    """Overwrite the middle of one leaf page of ``table``; returns its number."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'"
+                " ORDER BY pageno",
+                (table,),
+            )
+        ]
+    finally:
+        conn.close()
+    assert len(pages) >= 3, pages
+    page = pages[len(pages) // 2]
+    data = bytearray(db.read_bytes())
+    start = (page - 1) * page_size
+    data[start + 8 : start + page_size - 8] = os.urandom(page_size - 16)
+    replace_bytes(db, bytes(data))
+    return page
+
+
+@pytest.fixture
+def big_journal(tmp_path: Path) -> Source:
+    src = Source(tmp_path / "s")
+    src.append(agent_events(range(400)))
+    return src
+
+
+@pytest.mark.reliability(4)
+def test_corrupt_projection_page_is_refused_by_backup(big_journal: Source) -> None:
+    src = big_journal
+    _corrupt_table_page(src.vault_dir / "journal.db", "agents")
+    before = sorted(p.name for p in files_under(src.repo_dir / "snapshots"))
+    # (A full after an earlier full reads only the rows changed since it, so
+    # the first full is the backup that must read -- and refuse -- every row.)
+    for args in (("backup", "--full"),):
+        done = run_main(src.env(), *args)
+        assert done.code == 3, (args, done.code, done.err)
+        assert "journal" in done.err.lower() or "corrupt" in done.err.lower()
+        assert "Traceback" not in done.err
+    # Nothing was published from a corrupt journal; the repository is intact.
+    assert sorted(p.name for p in files_under(src.repo_dir / "snapshots")) == before
+    assert run_main(src.env(), "check", "--read-data").code == 0

@@ -645,3 +645,45 @@ def test_a_file_changed_after_verification_aborts_the_whole_import(
     with pytest.raises(IntegrityError):
         import_json(tmp_path / "v", [path], PASSWORD, profile="test", workers=1)
     assert not (tmp_path / "v").exists()  # the vault made for it is gone again
+
+
+def test_read_header_reads_only_the_beginning(tmp_path: Path) -> None:
+    from vaultstore.compat.legacy import read_header
+
+    header = read_header(GOLDEN)
+    assert (header.version, header.timestamp, header.type) == (
+        "1.0",
+        1796312767857,
+        "full",
+    )
+    # Anything after "wallets" is not looked at, even if it is broken.
+    cut = GOLDEN.read_bytes()[:2000] + b"\x00garbage"
+    assert (
+        read_header(_write_text(tmp_path / "c.json", cut.decode("latin-1"))).type
+        == "full"
+    )
+    with pytest.raises(InputError, match="scalar"):
+        read_header(_write_text(tmp_path / "n.json", '{"version": [[[[[[["x"]]]]]]]}'))
+
+
+def test_a_huge_number_literal_is_refused_not_a_crash(tmp_path: Path) -> None:
+    # ijson's C backend segfaults on integers past Python's 4,300-digit limit.
+    text = GOLDEN.read_text(encoding="utf-8").replace(
+        '"tier": 3', '"tier": ' + "9" * 5000, 1
+    )
+    hostile = tmp_path / "wallet-backup-1.json"
+    hostile.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match="digits"):
+        list(read_legacy(hostile))
+
+
+def test_the_number_guard_sees_a_digit_run_split_across_chunks() -> None:
+    from vaultstore.compat.legacy import MAX_NUMBER_DIGITS, _Guard
+
+    guard = _Guard("x.json")
+    guard.feed(b'{"a": "' + b"9" * 2000 + b'", "b": ' + b"1" * (MAX_NUMBER_DIGITS - 10))
+    with pytest.raises(InputError, match="digits"):
+        guard.feed(b"1" * 20 + b"}")
+    fine = _Guard("y.json")
+    fine.feed(b'{"a": ' + b"1" * 600)
+    fine.feed(b', "b": ' + b"2" * 600 + b"}")

@@ -109,6 +109,7 @@ def test_default_destination_order_is_local_then_s3(tmp_path: Path) -> None:
         'destinations = [{url = "s3://b", secret_access_key = "wJalrXUtnFEMI"}]\n',
     ],
 )
+@pytest.mark.reliability(24)
 def test_credentials_in_the_file_are_refused(tmp_path: Path, snippet: str) -> None:
     with pytest.raises(InputError) as caught:
         load_config(write(tmp_path, snippet))
@@ -119,6 +120,7 @@ def test_credentials_in_the_file_are_refused(tmp_path: Path, snippet: str) -> No
 
 
 @pytest.mark.parametrize("key", ["password", "passphrase", "mnemonic"])
+@pytest.mark.reliability(24)
 def test_a_password_value_is_refused(tmp_path: Path, key: str) -> None:
     with pytest.raises(InputError, match="password_file or password_command") as caught:
         load_config(write(tmp_path, f'{key} = "hunter2-canary"\n'))
@@ -164,6 +166,7 @@ def test_missing_file_is_not_found(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
+@pytest.mark.reliability(24)
 def test_masked_is_json_and_hides_url_credentials() -> None:
     config = Config(
         password_command="pass show vaultstore",

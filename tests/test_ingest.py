@@ -294,3 +294,20 @@ def test_hostile_bytes_are_a_clean_input_error(vault: Path, bad: bytes) -> None:
         with pytest.raises(InputError, match="^line 2: json"):
             ingest_lines(j, lines)
         assert j.last_lsn() == 0
+
+
+def test_cli_ingest_refuses_a_locked_vault(
+    vault: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vaultstore.locks import VaultLock
+
+    source = write_ndjson(tmp_path / "in.ndjson", range(2))
+    with VaultLock(vault, "backup"):
+        code, _, err = run_cli(
+            ["--vault", str(vault), "ingest", str(source)], monkeypatch, capsys
+        )
+    assert code == 5 and "locked" in err
+    assert snapshot(vault)[0] == 0

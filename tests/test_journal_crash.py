@@ -137,6 +137,7 @@ def test_kill_during_ingest_at_random_moments(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_kill_during_ingest_campaign(scenario: Scenario, tmp_path: Path) -> None:
     kill_campaign(scenario, tmp_path, kills=100, seed=7)
 

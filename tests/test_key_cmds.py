@@ -408,3 +408,17 @@ def test_init_removes_the_vault_when_the_repository_cannot_be_made(
     run = cli("init")
     assert run.code != 0
     assert not cli.vault.exists()
+
+
+def test_init_on_an_existing_vault_adds_the_missing_repository(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("init").code == 0  # vault only, no repository configured
+    again = cli("init")
+    assert again.code == 2 and "VAULTSTORE_REPOSITORY" in again.stderr
+
+    monkeypatch.setenv("VAULTSTORE_REPOSITORY", str(tmp_path / "repo"))
+    added = cli("init", "--json")
+    assert added.code == 0, added.stderr
+    assert json.loads(added.stdout)["repository"]["action"] == "created"
+    assert cli("init").code == 2  # nothing left to set up

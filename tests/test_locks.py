@@ -140,6 +140,7 @@ def test_vault_lock_writes_a_body_and_empties_it_on_release(vault: Path) -> None
     assert inspect_vault_lock(vault).state == "free"
 
 
+@pytest.mark.reliability(20)
 def test_a_second_process_gets_locked_while_the_first_holds_the_vault(
     vault: Path,
 ) -> None:
@@ -165,6 +166,7 @@ def test_a_second_process_gets_locked_while_the_first_holds_the_vault(
         assert lock.stale is None  # released cleanly: no stale body
 
 
+@pytest.mark.reliability(20)
 def test_holder_killed_leaves_a_stale_body_that_the_next_taker_reports(
     vault: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -183,6 +185,7 @@ def test_holder_killed_leaves_a_stale_body_that_the_next_taker_reports(
     assert any(getattr(r, "event", None) == "lock.stale" for r in caplog.records)
 
 
+@pytest.mark.reliability(20)
 def test_stale_body_of_a_dead_pid_is_detected_and_broken(vault: Path) -> None:
     gone = dead_pid()
     (vault / "lock").write_bytes(foreign_info(pid=gone, pid_start=None).to_bytes())
@@ -254,6 +257,7 @@ def test_shared_locks_coexist_but_exclude_an_exclusive(store: MemoryStore) -> No
         assert list(store.list("locks/shared-")) == []
 
 
+@pytest.mark.reliability(20)
 def test_a_dead_holder_on_this_host_is_taken_over(store: MemoryStore) -> None:
     store.put(EXCLUSIVE, foreign_info(pid=dead_pid(), pid_start=None).to_bytes())
     status = lock_status(store, EXCLUSIVE)

@@ -337,6 +337,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("source_class", [EvmRpcSource, XrplRpcSource])
+@pytest.mark.reliability(24)
 def test_unreachable_source_is_one_clean_error_without_the_api_key(
     source_class: Any,
 ) -> None:
@@ -410,6 +411,7 @@ def test_rpc_sources_take_precedence_over_the_file(
         '{"a": [{"token": "ETH", "balance": "1"}]}',
     ],
 )
+@pytest.mark.reliability(22)
 def test_malformed_balances_file_is_an_input_error(
     tmp_path: Path, content: str
 ) -> None:
@@ -422,6 +424,7 @@ def test_malformed_balances_file_is_an_input_error(
 
 @pytest.mark.parametrize("digits", [5000, 1001])
 @pytest.mark.parametrize("pad", [0, (1 << 20) - 700])  # a run across read chunks
+@pytest.mark.reliability(22)
 def test_overlong_numbers_are_refused_before_parsing(
     tmp_path: Path, digits: int, pad: int
 ) -> None:

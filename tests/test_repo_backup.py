@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,40 +225,74 @@ def test_many_fulls_with_delta_roots_and_growth(tmp_path: Path) -> None:
 
 
 def test_concurrent_publish(tmp_path: Path) -> None:
+    """Two hosts of ONE vault race: b picked its parent and sequence before a
+    published. b's incremental must not publish; b's full rebases."""
+    from vaultstore.errors import LockedError
+
     store = DictStore()
     j = FakeJournal()
     for n in range(30):
         j.put(f"agent-{n}", n)
     a = make_repo(store, tmp_path)
     backup(a, j, "full")
-    b = reopen(store, tmp_path / "host-b", meta=FakeJournal())  # another host's vault
+    b = reopen(store, tmp_path / "host-b", meta=FakeJournal())
+    stale = b.latest()
+    assert stale is not None
     j.put("agent-1", 5)
-    b_latest = b.latest()
-    assert b_latest is not None
-    backup(a, j, "incremental", 2)
-    # b still believes seq 1 is the latest: its incremental must not publish.
-    b._seqs = lambda: [1]  # type: ignore[method-assign]
-    from vaultstore.errors import LockedError
+    backup(a, j, "incremental", 2)  # seq 2, same vault
 
+    def race_once(repo: Any) -> None:
+        """The first parent and sequence lookups see the world before seq 2."""
+        real_latest_of, real_seqs = repo.latest_of, repo._seqs
+        calls = {"latest_of": 0, "seqs": 0}
+
+        def latest_of(vault: str) -> Any:
+            calls["latest_of"] += 1
+            return stale if calls["latest_of"] == 1 else real_latest_of(vault)
+
+        def seqs() -> list[int]:
+            calls["seqs"] += 1
+            return [1] if calls["seqs"] == 1 else real_seqs()
+
+        repo.latest_of, repo._seqs = latest_of, seqs
+
+    race_once(b)
     with pytest.raises(LockedError):
         backup(b, j, "incremental", 3)
-    del b._seqs
-    # A full rebases onto the new latest instead.
-    b._seqs = lambda: [1]  # type: ignore[method-assign]
-    orig_latest = b.latest
-    calls = {"n": 0}
-
-    def latest_once() -> object:
-        calls["n"] += 1
-        if calls["n"] > 1:
-            del b._seqs
-        return orig_latest()
-
-    b.latest = latest_once  # type: ignore[method-assign]
+    race_once(b)
     result = backup(b, j, "full", 4)
     assert result.seq == 3
     chain = reopen(store, tmp_path).resolve("latest")
-    assert [m.seq for m in chain] == [3] and chain[0].parent is not None
+    assert [m.seq for m in chain] == [3]
+    assert chain[0].parent == reopen(store, tmp_path).resolve("2")[-1].id
+
+
+def test_two_vaults_in_one_repository_chain_on_their_own_snapshots(
+    tmp_path: Path,
+) -> None:
+    store = DictStore()
+    left, right = FakeJournal(), FakeJournal()
+    for n in range(20):
+        left.put(f"left-{n}", n)
+        right.put(f"right-{n}", n)
+    a = make_repo(store, tmp_path)
+    b = reopen(store, tmp_path / "b", meta=right)
+    backup(a, left, "full", 1)
+    backup(b, right, "full", 2)  # seq 2: must not share left's leaves
+    left.put("left-3", 333)
+    backup(a, left, "incremental", 3)  # seq 3: parent is seq 1, not seq 2
+    right.put("right-4", 444)
+    backup(b, right, "incremental", 4)
+    backup(a, left, "full", 5)
+    repo = reopen(store, tmp_path / "c")
+    heads = {m.seq: m for m in repo.snapshots()}
+    assert heads[3].parent == heads[1].id and heads[4].parent == heads[2].id
+    assert heads[1].vault == heads[3].vault == heads[5].vault != heads[2].vault
+    for seq in (3, 4, 5):
+        head = repo.resolve(str(seq))[-1]
+        assert state_digest_of(repo.iter_state(head)) == head.digest_after
+    assert state_digest_of(repo.iter_state(heads[5])) == left.state_digest()
+    assert state_digest_of(repo.iter_state(heads[4])) == right.state_digest()
 
 
 @pytest.mark.parametrize("kind", ["full", "incremental"])

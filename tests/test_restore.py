@@ -126,6 +126,7 @@ def restored_digest(target: Path) -> bytes:
         return journal.state_digest()
 
 
+@pytest.mark.reliability(12, 14)
 def test_restore_on_a_fresh_machine_equals_the_source_exactly(
     source: Source, tmp_path: Path
 ) -> None:
@@ -198,6 +199,7 @@ def test_an_existing_target_is_refused_unless_replace(
     assert restored_digest(target) == source.digests[-1]
 
 
+@pytest.mark.reliability(10)
 def test_wrong_password_exits_4_and_writes_nothing(
     source: Source, tmp_path: Path
 ) -> None:
@@ -222,6 +224,7 @@ def test_dry_run_verifies_and_writes_nothing(source: Source, tmp_path: Path) -> 
     assert not target.exists()
 
 
+@pytest.mark.reliability(5)
 def test_damaged_pack_is_refused_before_the_target_appears(
     source: Source, tmp_path: Path
 ) -> None:
@@ -238,6 +241,7 @@ def test_damaged_pack_is_refused_before_the_target_appears(
     assert list(tmp_path.glob(".damaged*")) == []
 
 
+@pytest.mark.reliability(13)
 def test_missing_parent_of_an_incremental_is_refused(
     source: Source, tmp_path: Path
 ) -> None:
@@ -248,6 +252,7 @@ def test_missing_parent_of_an_incremental_is_refused(
     assert not target.exists()
 
 
+@pytest.mark.reliability(8)
 def test_an_address_that_does_not_derive_stops_the_restore(tmp_path: Path) -> None:
     src = Source(tmp_path)
     src.append(_fleet_events(src.deriver, range(5), random.Random(1)))
@@ -266,6 +271,7 @@ def test_an_address_that_does_not_derive_stops_the_restore(tmp_path: Path) -> No
     assert not target.exists()
 
 
+@pytest.mark.reliability(1)
 def test_kill_at_every_restore_write_point_leaves_target_untouched(
     source: Source, tmp_path: Path
 ) -> None:
@@ -292,3 +298,24 @@ def test_kill_at_every_restore_write_point_leaves_target_untouched(
         rerun = run(source.env(), "restore", "--target", str(target), "--replace")
         assert rerun.returncode == 0, rerun.stderr
         assert restored_digest(target) == source.digests[-1]
+
+
+def test_a_restored_vault_continues_the_same_chain(
+    source: Source, tmp_path: Path
+) -> None:
+    target = tmp_path / "continued"
+    done = run(source.env(), "restore", "latest", "--target", str(target))
+    assert done.returncode == 0, done.stderr
+    env = source.env(VAULTSTORE_VAULT=str(target))
+    with Vault.open(target, "test") as vault:
+        vault.journal.append([lifecycle("agent-0000020", "active", activatedAt=5)])
+        expected = vault.journal.state_digest()
+    backed = run(env, "backup", "--incremental", "--json")
+    assert backed.returncode == 0, backed.stderr
+    result = json.loads(backed.stdout)
+    listing = json.loads(run(env, "snapshots", "--json").stdout)
+    assert result["parent"] == listing[-2]["id"]  # the snapshot it came from
+    again = tmp_path / "again"
+    done = run(source.env(), "restore", "latest", "--target", str(again))
+    assert done.returncode == 0, done.stderr
+    assert restored_digest(again) == expected

@@ -93,6 +93,7 @@ def test_a_full_does_not_keep_the_full_before_it() -> None:
     assert "s0000" in result.remove_ids
 
 
+@pytest.mark.reliability(21)
 def test_clock_moving_backwards_keeps_the_newest_and_everything_after_now() -> None:
     snaps = weekly_and_daily(60)
     nothing = Policy(full=KeepRules(), incremental=KeepRules())
@@ -112,12 +113,14 @@ def test_clock_moving_backwards_keeps_the_newest_and_everything_after_now() -> N
     assert any("after now" in r for r in reasons[newest.id])
 
 
+@pytest.mark.reliability(21)
 def test_clock_far_in_the_past_removes_nothing_recent_under_the_defaults() -> None:
     snaps = weekly_and_daily(100)
     result = plan(snaps, DEFAULT_POLICY, now=datetime(2000, 1, 1, tzinfo=UTC))
     assert result.remove_ids == frozenset()
 
 
+@pytest.mark.reliability(21)
 def test_newest_by_time_and_by_sequence_are_both_kept() -> None:
     # Sequence 3 was made after a clock step back: dated earlier than seq 2.
     a = SnapshotInfo("a", 1, "full", START)
@@ -279,3 +282,22 @@ def test_plan_invariants(case: tuple[list[SnapshotInfo], Policy, datetime]) -> N
             assert snap.parent in result.keep_ids
     assert max(snaps, key=lambda s: s.seq).id in result.keep_ids
     assert all(s.id in result.keep_ids for s in snaps if s.time > now)
+
+
+def test_the_policy_applies_to_each_vault_on_its_own() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from vaultstore.retention import KeepRules, Policy, SnapshotInfo, plan
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    snaps = [
+        SnapshotInfo(
+            f"{vault}-{n}", seq, "full", start + timedelta(days=n), None, vault
+        )
+        for seq, (vault, n) in enumerate(
+            [(v, n) for n in range(5) for v in ("left", "right")], start=1
+        )
+    ]
+    policy = Policy.uniform(KeepRules(last=2))
+    result = plan(snaps, policy, now=start + timedelta(days=10))
+    assert result.keep_ids == {"left-4", "left-3", "right-4", "right-3"}

@@ -334,6 +334,7 @@ def test_sigterm_stops_a_real_daemon_within_a_second() -> None:
     )
 
 
+@pytest.mark.reliability(21)
 def test_clock_set_back_resumes_at_the_next_fire_time() -> None:
     last = dict.fromkeys(("full", "incremental"), datetime(2026, 6, 20, tzinfo=UTC))
     fake = FakeTime(datetime(2026, 6, 10, 12, 0, tzinfo=UTC))  # ten days earlier

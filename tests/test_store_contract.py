@@ -53,6 +53,7 @@ def test_empty_object(store: Store) -> None:
     assert store.size("empty") == 0
 
 
+@pytest.mark.reliability(19)
 def test_put_if_absent_refuses_second_put(store: Store) -> None:
     store.put("snapshots/0000000001", b"first")
     with pytest.raises(ObjectExistsError):
@@ -182,6 +183,7 @@ def test_s3_checksum_modes(s3_options: StoreOptions, s3_bucket: str, mode: str) 
     assert store.get("small") == b"abc" and store.get("big") == big
 
 
+@pytest.mark.reliability(19)
 def test_concurrent_put_if_absent_has_one_winner(store: Store) -> None:
     if isinstance(store, S3Store):
         # moto's If-None-Match check and store are not one atomic step: under

@@ -69,6 +69,7 @@ def test_failure_before_publish_leaves_nothing(
     assert store.get("snapshots/0000000001") == b"manifest"
 
 
+@pytest.mark.reliability(16)
 def test_fsync_eio_fails_once_and_publishes_nothing(tmp_path: Path) -> None:
     calls: list[int] = []
 
@@ -85,6 +86,7 @@ def test_fsync_eio_fails_once_and_publishes_nothing(tmp_path: Path) -> None:
     assert _files(tmp_path / "repo") == []
 
 
+@pytest.mark.reliability(16)
 def test_directory_fsync_failure_withdraws_the_name(tmp_path: Path) -> None:
     def failing_dir_sync(path: str) -> None:
         if path.endswith("snapshots"):
@@ -100,6 +102,7 @@ def test_directory_fsync_failure_withdraws_the_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+@pytest.mark.reliability(15)
 def test_full_disk(tmp_path: Path, code: int) -> None:
     written: list[int] = []
 
@@ -254,10 +257,12 @@ def _lost_after_power_cut(store_class: type[LocalStore], root: Path) -> list[str
     return [n for n in acknowledged if not model.survives(str(root / n))]
 
 
+@pytest.mark.reliability(2)
 def test_power_cut_every_acknowledged_name_survives(tmp_path: Path) -> None:
     assert _lost_after_power_cut(LocalStore, tmp_path / "repo") == []
 
 
+@pytest.mark.reliability(2)
 def test_power_cut_model_catches_missing_directory_fsync(tmp_path: Path) -> None:
     lost = _lost_after_power_cut(StoreWithoutDirectorySync, tmp_path / "repo")
     assert lost == [

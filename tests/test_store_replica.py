@@ -108,6 +108,7 @@ def test_primary_failure_is_an_error(tmp_path: Path, state: Path) -> None:
         replicated_ok.put("config", b"c")
 
 
+@pytest.mark.reliability(18)
 def test_failing_secondary_is_recorded_and_skipped(
     tmp_path: Path, state: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -134,6 +135,7 @@ def test_failing_secondary_is_recorded_and_skipped(
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
 
 
+@pytest.mark.reliability(18)
 def test_next_run_catches_up_manifests_last(tmp_path: Path, state: Path) -> None:
     primary = LocalStore(tmp_path / "a")
     second = FlakyStore(LocalStore(tmp_path / "b"), fail_after=0)
@@ -230,6 +232,7 @@ def test_unwritable_state_is_a_local_io_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.s3
+@pytest.mark.reliability(18)
 def test_unreachable_s3_secondary_then_caught_up(
     tmp_path: Path, state: Path, s3_options: StoreOptions, s3_bucket: str
 ) -> None:

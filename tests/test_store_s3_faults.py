@@ -105,6 +105,7 @@ def _store(
     return store, client, sleeps
 
 
+@pytest.mark.reliability(17)
 def test_transient_errors_are_retried_with_bounded_jittered_backoff(
     s3_options: StoreOptions, s3_bucket: str, real_client: Any
 ) -> None:
@@ -119,6 +120,7 @@ def test_transient_errors_are_retried_with_bounded_jittered_backoff(
         assert 0 <= delay <= ceiling
 
 
+@pytest.mark.reliability(17)
 def test_jitter_spreads_delays(s3_options: StoreOptions, real_client: Any) -> None:
     options = StoreOptions(**{**s3_options.__dict__, "backoff_base": 1.0})
     store = S3Store("unused", "", options, client=real_client)
@@ -126,6 +128,7 @@ def test_jitter_spreads_delays(s3_options: StoreOptions, real_client: Any) -> No
     assert len(delays) > 40 and max(delays) <= 4.0
 
 
+@pytest.mark.reliability(17)
 def test_retries_are_bounded(
     s3_options: StoreOptions, s3_bucket: str, real_client: Any
 ) -> None:
@@ -151,6 +154,7 @@ def test_non_transient_errors_are_not_retried(
     assert client.calls["get_object"] == 1 and sleeps == []
 
 
+@pytest.mark.reliability(17)
 def test_lost_put_answer_is_settled_as_success(
     s3_options: StoreOptions,
     s3_bucket: str,
@@ -188,6 +192,7 @@ def _uploads(client: Any, bucket: str) -> list[Any]:
     return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
+@pytest.mark.reliability(17)
 def test_reset_during_multipart_is_retried(
     s3_options: StoreOptions, s3_bucket: str, real_client: Any
 ) -> None:
@@ -200,6 +205,7 @@ def test_reset_during_multipart_is_retried(
     assert _uploads(real_client, s3_bucket) == []
 
 
+@pytest.mark.reliability(17)
 def test_failed_multipart_is_aborted_and_rerun_completes(
     s3_options: StoreOptions, s3_bucket: str, real_client: Any
 ) -> None:
@@ -218,6 +224,7 @@ def test_failed_multipart_is_aborted_and_rerun_completes(
     assert _uploads(real_client, s3_bucket) == []
 
 
+@pytest.mark.reliability(17)
 def test_lost_multipart_completion_is_success(
     s3_options: StoreOptions, s3_bucket: str, real_client: Any
 ) -> None:
@@ -304,6 +311,7 @@ def test_missing_bucket_is_a_store_error(s3_options: StoreOptions) -> None:
         store.put("config", b"x")
 
 
+@pytest.mark.reliability(17)
 def test_lost_create_answer_leaves_an_upload_that_cleanup_removes(
     s3_options: StoreOptions, s3_bucket: str, real_client: Any
 ) -> None:

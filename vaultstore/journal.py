@@ -9,17 +9,24 @@ once the call that made it returns. Format ``vaultstore-journal`` version 1
     The log, append-only. ``kind`` is ``wallet`` | ``lifecycle`` | ``balances``
     | ``remove``; ``payload`` is msgpack of the validated legacy dict (wallet,
     lifecycle record), of the balance list, or nil for ``remove``.
-``agents(agent_id PRIMARY KEY, lsn, tree_key, rhash, record)``
+``agents(tree_key, agent_id, lsn, rhash, record)``, ``WITHOUT ROWID``
     The projection: the agent's current record (``model.encode_record``), the
     LSN that last changed it, ``model.tree_key`` and ``model.record_hash`` of
     the record. ``record`` NULL is a tombstone (a removed agent), kept so that
-    "changed since LSN" sees removals. Indexed on ``lsn`` and ``tree_key``.
+    "changed since LSN" sees removals. Clustered on ``(tree_key, agent_id)``, so
+    a full backup reads the projection in tree order as one sequential scan
+    (through a secondary index it was a random lookup per row: 4x slower at 1M
+    agents); lookups by agent compute the tree key. Indexed on ``lsn``.
 ``base(agent_id PRIMARY KEY, lsn, record)``
-    The state the log starts from: empty for a journal built by ingest, the
-    restored records for one made by :meth:`Journal.bulk_load`, and the folded
-    state for one whose log was truncated. ``meta.base_lsn`` is its LSN; every
-    event in ``events`` is above it. Projection = base + replay(events) — the
-    check :meth:`Journal.verify_projection` makes.
+    The state the log starts from, kept copy-on-write: the base state of an
+    agent is its ``base`` row if it has one, else its projection row when that
+    row's LSN is at or below ``meta.base_lsn`` (unchanged since). The writer
+    copies a base-era row into ``base`` just before the agent first changes.
+    So a restore (:meth:`Journal.bulk_load`) writes each record once, not
+    twice. Every event in ``events`` is above ``base_lsn``; projection = base +
+    replay(events) — the check :meth:`Journal.verify_projection` makes. For
+    agents unchanged since the base that check compares a row with itself; the
+    record hashes, the stored digest and counts still cover those rows.
 ``meta(key PRIMARY KEY, value BLOB)``
     ``last_lsn`` (the LSN counter: it only grows, even when the log is
     truncated), ``base_lsn``, ``digest`` (32-byte multiset state digest, kept
@@ -114,14 +121,14 @@ CREATE TABLE events (
     payload BLOB NOT NULL
 );
 CREATE TABLE agents (
-    agent_id TEXT PRIMARY KEY,
-    lsn INTEGER NOT NULL,
     tree_key INTEGER NOT NULL,
+    agent_id TEXT NOT NULL,
+    lsn INTEGER NOT NULL,
     rhash BLOB,
-    record BLOB
-);
+    record BLOB,
+    PRIMARY KEY (tree_key, agent_id)
+) WITHOUT ROWID;
 CREATE INDEX agents_by_lsn ON agents(lsn);
-CREATE INDEX agents_by_tree_key ON agents(tree_key, agent_id);
 CREATE TABLE base (
     agent_id TEXT PRIMARY KEY,
     lsn INTEGER NOT NULL,
@@ -132,7 +139,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 
 _UPSERT_AGENT = (
     "INSERT INTO agents(agent_id, lsn, tree_key, rhash, record) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT(agent_id) DO UPDATE SET"
+    " ON CONFLICT(tree_key, agent_id) DO UPDATE SET"
     " lsn = excluded.lsn, rhash = excluded.rhash, record = excluded.record"
 )
 
@@ -198,10 +205,21 @@ def _prepare_dir(vault_dir: Path) -> Path:
     vault_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(vault_dir, 0o700)
     db = vault_dir / DB_NAME
-    if db.exists():
+    if not db.exists():
+        _make_private_file(db)
+    elif not _is_blank(db):
         raise MisuseError(f"a journal already exists at {db}", path=str(db))
-    _make_private_file(db)
     return db
+
+
+def _is_blank(db: Path) -> bool:
+    """Whether ``db`` holds no table: left by a create that crashed early."""
+    conn = _guard(db, lambda: sqlite3.connect(str(db), isolation_level=None))
+    try:
+        query = "SELECT count(*) FROM sqlite_master"
+        return bool(_guard(db, lambda: conn.execute(query).fetchone()[0] == 0))
+    finally:
+        conn.close()
 
 
 def _decode_stored(data: bytes, agent_id: str) -> Record:
@@ -247,6 +265,9 @@ def apply_event(
 def validate_event(event: Event) -> None:
     """Check an event's kind, agent and payload; raises InputError naming the field."""
     kind, agent_id, payload = event.kind, event.agent_id, event.payload
+    time_ms = event.time_ms
+    if time_ms is not None and (type(time_ms) is not int or time_ms < 0):
+        raise InputError("time: must be a non-negative integer (ms)", field="time")
     if kind == "wallet":
         validate_wallet(payload)
         other = payload["agentId"]
@@ -312,7 +333,10 @@ class _Reader:
 
     def get(self, agent_id: str) -> Record | None:
         """The agent's current record, or None if unknown or removed."""
-        rows = self._q("SELECT record FROM agents WHERE agent_id = ?", (agent_id,))
+        rows = self._q(
+            "SELECT record FROM agents WHERE tree_key = ? AND agent_id = ?",
+            (tree_key(agent_id), agent_id),
+        )
         if not rows or rows[0][0] is None:
             return None
         return _decode_stored(rows[0][0], agent_id)
@@ -565,7 +589,18 @@ class Journal(_Reader):
 
         def run() -> int:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(
+                "INSERT OR IGNORE INTO base(agent_id, lsn, record)"
+                " SELECT agent_id, lsn, record FROM agents WHERE lsn <= ?",
+                (start,),
+            )
             _replay_into(self._conn, "base", start, lsn, self.path)
+            # Agents unchanged since ``lsn`` are their own base (copy-on-write).
+            self._conn.execute(
+                "DELETE FROM base WHERE agent_id IN"
+                " (SELECT agent_id FROM agents WHERE lsn <= ?)",
+                (lsn,),
+            )
             removed = self._conn.execute(
                 "DELETE FROM events WHERE lsn <= ?", (lsn,)
             ).rowcount
@@ -640,10 +675,6 @@ class Journal(_Reader):
                 " VALUES (?, ?, ?, ?, ?)",
                 rows(),
             )
-            conn.execute(
-                "INSERT INTO base(agent_id, lsn, record) SELECT agent_id, lsn, record"
-                " FROM agents"
-            )
             _write_state_meta(conn, lsn, (digest % _MOD).to_bytes(32, "big"), counts)
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'base_lsn'", (str(lsn).encode(),)
@@ -704,6 +735,7 @@ class Writer:
         self._legacy = legacy
         self.lsn = journal.last_lsn()
         self._digest = int.from_bytes(journal.state_digest(), "big")
+        self._base_lsn = journal.base_lsn()
         self._counts = _load_counts(journal._meta_raw("counts"))
         # Agents touched since the last flush; dropped at each flush.
         self._cache: dict[str, _Live] = {}
@@ -717,7 +749,8 @@ class Writer:
     def _load(self, agent_id: str) -> _Live:
         try:
             row = self._lookup.execute(
-                "SELECT record, rhash FROM agents WHERE agent_id = ?", (agent_id,)
+                "SELECT record, rhash FROM agents WHERE tree_key = ? AND agent_id = ?",
+                (tree_key(agent_id), agent_id),
             ).fetchone()
         except sqlite3.Error as exc:
             raise _translate(exc, self._journal.path) from exc
@@ -826,6 +859,15 @@ class Writer:
                 " VALUES (?, ?, ?, ?, ?)",
                 self._events,
             )
+        if self._base_lsn:
+            # Copy-on-write base: keep an agent's base-era row before its first
+            # change, so base + replay(log) still rebuilds the projection.
+            conn.executemany(
+                "INSERT OR IGNORE INTO base(agent_id, lsn, record)"
+                " SELECT agent_id, lsn, record FROM agents"
+                " WHERE tree_key = ? AND agent_id = ? AND lsn <= ?",
+                [(tree_key(a), a, self._base_lsn) for a in self._dirty],
+            )
         rows: list[tuple[str, int, int, bytes | None, bytes | None]] = []
         for agent_id, lsn in self._dirty.items():
             live = self._cache[agent_id]
@@ -920,10 +962,15 @@ def _verify(journal: Journal, limit: int) -> list[str]:
             "CREATE TEMP TABLE rebuilt"
             " (agent_id TEXT PRIMARY KEY, lsn INTEGER, record BLOB)"
         )
+        base_lsn = journal.base_lsn()
         conn.execute(
             "INSERT INTO temp.rebuilt SELECT agent_id, lsn, record FROM main.base"
         )
-        base_lsn = journal.base_lsn()
+        conn.execute(
+            "INSERT OR IGNORE INTO temp.rebuilt SELECT agent_id, lsn, record"
+            " FROM main.agents WHERE lsn <= ?",
+            (base_lsn,),
+        )
         _replay_into(conn, "temp.rebuilt", base_lsn, None, journal.path)
         problems += _compare(conn, limit)
         problems += _check_rows(journal, limit)
@@ -947,6 +994,9 @@ def _verify(journal: Journal, limit: int) -> list[str]:
 
 
 def _compare(conn: sqlite3.Connection, limit: int) -> list[str]:
+    # The projection is keyed (tree_key, agent_id): give SQLite the tree key so
+    # the anti-join is a primary-key lookup per row, not a scan per row.
+    conn.create_function("vs_tree_key", 1, tree_key, deterministic=True)
     problems: list[str] = []
     queries = (
         (
@@ -957,7 +1007,8 @@ def _compare(conn: sqlite3.Connection, limit: int) -> list[str]:
         ),
         (
             "SELECT r.agent_id, NULL, r.lsn, NULL, r.record IS NULL"
-            " FROM temp.rebuilt r LEFT JOIN main.agents a ON a.agent_id = r.agent_id"
+            " FROM temp.rebuilt r LEFT JOIN main.agents a"
+            " ON a.tree_key = vs_tree_key(r.agent_id) AND a.agent_id = r.agent_id"
             " WHERE a.agent_id IS NULL"
         ),
     )

@@ -165,6 +165,10 @@ class SnapshotInfo:
     type: SnapshotType
     time: datetime
     parent: str | None = None
+    # The vault that took it: the policy applies to each vault's snapshots on
+    # their own, as restic applies it per host (several vaults may share a
+    # repository).
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -316,10 +320,15 @@ def plan(
     if not ordered:
         return Plan((), ())
 
-    for kind, rules in (("full", policy.full), ("incremental", policy.incremental)):
-        of_kind = [s for s in ordered if s.type == kind]
-        _apply_rules(of_kind, rules, policy.tz, reasons)
-    _pin_newest(ordered, _aware(now), reasons)
+    for group in sorted({s.group for s in ordered}):
+        members = [s for s in ordered if s.group == group]
+        for kind, rules in (
+            ("full", policy.full),
+            ("incremental", policy.incremental),
+        ):
+            of_kind = [s for s in members if s.type == kind]
+            _apply_rules(of_kind, rules, policy.tz, reasons)
+        _pin_newest(members, _aware(now), reasons)
     _close_over_parents(ordered, reasons)
 
     keep = tuple(Decision(s, tuple(reasons[s.id])) for s in ordered if reasons[s.id])

@@ -1,4 +1,4 @@
-"""Commands: config show, unlock, forget, daemon.
+"""Commands: config show, unlock, forget, prune, daemon.
 
 ``forget`` and ``daemon`` reach the repository and the backup operation through
 three adapters at the top of this module (``_open_repository``,
@@ -74,6 +74,7 @@ def snapshot_info(manifest: Any) -> SnapshotInfo:
         type=manifest.type,
         time=datetime.fromtimestamp(manifest.time_ms / 1000, UTC),
         parent=manifest.parent,
+        group=getattr(manifest, "vault", ""),
     )
 
 
@@ -378,6 +379,65 @@ def forget_command(
     emit(output, as_json, lambda: _plan_text(result, dry_run, policy))
 
 
+# -- prune ---------------------------------------------------------------------
+
+
+@click.command("prune")
+@click.option(
+    "--dry-run", is_flag=True, help="Report what would be freed; change nothing."
+)
+@click.option(
+    "--repack-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Repack a pack whose live bytes are below this fraction of its objects.",
+)
+@json_option
+@click.pass_context
+def prune_command(
+    ctx: click.Context, dry_run: bool, repack_threshold: float, as_json: bool
+) -> None:
+    """Delete the data no remaining snapshot references (after forget).
+
+    Holds the repository's exclusive lock: a running backup makes prune exit
+    5 ("locked"), and a backup started during prune exits 5 too.
+    """
+    from vaultstore.ops.prune import prune
+    from vaultstore.repo.repository import Repository
+
+    s = settings(ctx)
+    store = open_destination_store(ctx)
+    cache = s.vault / "cache" if (s.vault / "keyfile").exists() else None
+    repo = Repository.open(store, s.password(), cache, kdf_profile())
+    result = prune(repo, dry_run=dry_run, repack_threshold=repack_threshold)
+    emit(result.as_dict(), as_json, lambda: _prune_text(result.as_dict()))
+
+
+def _prune_text(r: Mapping[str, Any]) -> str:
+    verb = "would free" if r["dry_run"] else "freed"
+    lines = [
+        f"{r['snapshots']} snapshots reference {r['live_objects']} objects",
+        f"packs: {r['packs_before']} before, {r['packs_after']} after "
+        f"({r['packs_deleted']} deleted, {r['packs_repacked']} repacked into "
+        f"{r['packs_written']})",
+        f"objects: {r['objects_kept']} kept, {r['objects_removed']} removed",
+        f"{verb} {r['bytes_freed']} bytes ({r['bytes_before']} -> {r['bytes_after']})",
+    ]
+    if r["unreadable_packs"]:
+        lines.append(
+            "left alone, unreadable: "
+            + ", ".join(r["unreadable_packs"])
+            + " (run `vaultstore check`)"
+        )
+    if r["missing_objects"]:
+        lines.append(
+            f"{r['missing_objects']} referenced objects are in no pack "
+            "(run `vaultstore check --read-data`)"
+        )
+    return "\n".join(lines)
+
+
 # -- daemon --------------------------------------------------------------------
 
 
@@ -420,4 +480,5 @@ def register(group: click.Group) -> None:
     group.add_command(config_group)
     group.add_command(unlock_command)
     group.add_command(forget_command)
+    group.add_command(prune_command)
     group.add_command(daemon_command)

@@ -12,7 +12,6 @@ from vaultstore.errors import (
     AddressMismatchError,
     InputError,
     IntegrityError,
-    MisuseError,
     VaultstoreError,
     WrongPasswordError,
 )
@@ -173,17 +172,11 @@ def _export_vault(vault_path: Path, output: Path | None, password: str) -> Any:
 def _export_snapshot(
     ctx: click.Context, snapshot: str, output: Path | None, password: str
 ) -> Any:
-    from vaultstore.cli import common
+    from vaultstore.cli.common import open_repository
     from vaultstore.crypto.envelope import open_seed
     from vaultstore.ops.exportjson import export_snapshot
 
-    opener = getattr(common, "open_repository", None)
-    if opener is None:
-        raise MisuseError(
-            "exporting a repository snapshot is not available in this build; "
-            "use --from-vault"
-        )
-    with opener(ctx, password, allow_missing_vault=True) as repo:
+    with open_repository(ctx, password, allow_missing_vault=True) as repo:
         head = repo.resolve(snapshot)[-1]
         mnemonic = open_seed(head.seed_envelope, password, kdf_profile())
         return export_snapshot(repo, snapshot, output, mnemonic, password)

@@ -70,7 +70,10 @@ def init_cmd(
 ) -> None:
     """Create a vault with a new master seed (or one read from stdin)."""
     path = settings(ctx).vault
-    if (path / "keyfile").exists() or (path / "journal.db").exists():
+    if (path / "keyfile").exists():
+        _init_repository_of_existing_vault(ctx, path, as_json)
+        return
+    if (path / "journal.db").exists():
         raise MisuseError(f"a vault already exists at {path}", path=str(path))
     if mnemonic_stdin:
         mnemonic = normalize_mnemonic(_read_mnemonic())
@@ -105,6 +108,30 @@ def init_cmd(
             if repository
             else "; no repository configured (set VAULTSTORE_REPOSITORY)"
         ),
+    )
+
+
+def _init_repository_of_existing_vault(
+    ctx: click.Context, path: Path, as_json: bool
+) -> None:
+    """``init`` on an existing vault (say one made by ``import-json``): set up
+    the configured repository it lacks; refuse when there is nothing to do."""
+    with Vault.open(path, kdf_profile()) as vault:
+        if vault.journal.get_meta("repository_url") is not None:
+            raise MisuseError(f"a vault already exists at {path}", path=str(path))
+        password = settings(ctx).password("vault password")
+        vault.unlock(password)
+        repository = _init_repository(ctx, vault, password)
+    if repository is None:
+        raise MisuseError(
+            f"a vault already exists at {path}; to add a repository to it, set "
+            "VAULTSTORE_REPOSITORY (or --repo) and run init again",
+            path=str(path),
+        )
+    emit(
+        {"vault": str(path), "repository": repository},
+        as_json,
+        f"vault {path}: repository {repository['url']} {repository['action']}",
     )
 
 

@@ -28,18 +28,21 @@ fsynced and renamed into place (mode 0600). Balance lists of index-like agent
 ids (``"20260101"``) are spooled apart and written first, ascending, as
 JavaScript orders them.
 
-The reader feeds the file in 1 MiB chunks to three ijson (yajl2_c)
-pipelines — ``wallets.item``, ``lifecycleRecords.item`` and
-``balanceSnapshots`` key/value pairs — plus a short event parse of the header,
-yielding each wallet, record and balance list as soon as it is complete and
-hashing its compact JavaScript form. Numbers are read as ``Decimal`` and
-integers exactly (yajl's float and int64 limits would refuse valid files),
-then held as JavaScript holds them: non-integers and integers beyond 2^53 as
-doubles. The declared checksum is taken from the end of the file once the
-parse has proven it valid JSON. Before the parser sees a chunk, a guard strips
-strings with a C regex and counts brackets, refusing nesting deeper than
-``MAX_NESTING`` and strings longer than ``MAX_STRING`` (ijson's prefix strings
-grow quadratically with depth).
+The reader never holds more than one batch of items. It reads the file four
+times (the page cache makes the later reads cheap): first a guard pass that
+strips strings with a C regex and counts brackets, refusing nesting deeper
+than ``MAX_NESTING`` and strings longer than ``MAX_STRING`` before any parser
+sees them (ijson's prefix strings grow quadratically with depth); then one
+ijson (yajl2_c) ``items`` pass per section — ``wallets.item``,
+``lifecycleRecords.item``, ``balanceSnapshots`` key/value pairs — after a
+short event parse of the header. ijson's C ``items()`` is about twice as fast
+as its coroutine pipelines, so three plain passes beat one shared read. Each
+item is validated, hashed in its compact JavaScript form and yielded as soon
+as it is complete; the file's size and mtime must not change between passes.
+Numbers are read as ``Decimal`` and integers exactly (yajl's float and int64
+limits would refuse valid files), then held as JavaScript holds them:
+non-integers and integers beyond 2^53 as doubles. The declared checksum is
+taken from the end of the file once the parse has proven it valid JSON.
 
 Reader rules and limits:
 
@@ -106,6 +109,7 @@ __all__ = [
     "LegacySummary",
     "write_legacy",
     "read_legacy",
+    "read_header",
     "LegacyReader",
     "checksum_mismatch_message",
 ]
@@ -116,6 +120,9 @@ BACKUP_TYPES = ("full", "incremental")
 CHUNK = 1 << 20
 MAX_NESTING = 64  # the format needs 5 levels plus free-form metadata
 MAX_STRING = 16 << 20  # bytes; the longest legitimate string is the envelope
+# ijson's C backend crashes the interpreter (SIGSEGV) on an integer literal
+# beyond Python's 4,300-digit conversion limit; a double needs at most ~25.
+MAX_NUMBER_DIGITS = 1000
 
 WALLET_KEYS = ("agentId", "derivationIndex", "evmAddress", "xrpAddress", "createdAt")
 WALLET_OPTIONAL = ("metadata",)
@@ -420,6 +427,9 @@ class LegacySummary(NamedTuple):
 
 
 _STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_LONG_DIGITS_RE = re.compile(rb"[0-9]{%d,}" % (MAX_NUMBER_DIGITS + 1))
+_LEADING_DIGITS_RE = re.compile(rb"[0-9]*")
+_TRAILING_DIGITS_RE = re.compile(rb"[0-9]*\Z")
 _NON_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _DEPTH_MAP = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
 
@@ -437,6 +447,7 @@ class _Guard:
         self.depth = 0
         self.carry = b""
         self.offset = 0
+        self.digits = 0  # length of the digit run the last chunk ended in
 
     def feed(self, chunk: bytes) -> None:
         buf = self.carry + chunk
@@ -454,6 +465,7 @@ class _Guard:
         else:
             self.carry = b""
         self.offset += len(chunk)
+        self._check_numbers(stripped)
         brackets = stripped.translate(_DEPTH_MAP, _NON_BRACKETS)
         if not brackets:
             return
@@ -464,6 +476,20 @@ class _Guard:
                 f"{self.name}: JSON nested deeper than {MAX_NESTING} levels "
                 f"(before byte {self.offset})"
             )
+
+
+    def _check_numbers(self, stripped: bytes) -> None:
+        """Refuse a number literal of more than MAX_NUMBER_DIGITS digits."""
+        lead = _LEADING_DIGITS_RE.match(stripped)
+        run = self.digits + (lead.end() if lead else 0)
+        if run > MAX_NUMBER_DIGITS or _LONG_DIGITS_RE.search(stripped):
+            raise InputError(
+                f"{self.name}: a number near byte {self.offset} has more than "
+                f"{MAX_NUMBER_DIGITS} digits"
+            )
+        tail = _TRAILING_DIGITS_RE.search(stripped)
+        ended_in = tail.end() - tail.start() if tail else 0
+        self.digits = run if ended_in == len(stripped) else ended_in
 
 
 def _normalize(value: Any) -> Any:
@@ -575,32 +601,6 @@ def _check_balances(agent_id: str, entries: Any, where: str) -> list[dict[str, A
     return entries
 
 
-class _Sections:
-    """ijson pipelines, one per section, fed the same chunks."""
-
-    def __init__(self) -> None:
-        self.header_events: list[Any] = ijson.utils.sendable_list()
-        self.wallets: list[Any] = ijson.utils.sendable_list()
-        self.lifecycle: list[Any] = ijson.utils.sendable_list()
-        self.balances: list[Any] = ijson.utils.sendable_list()
-        self.header_coro: Any = ijson.parse_coro(self.header_events)
-        self.coros: list[Any] = [
-            ijson.items_coro(self.wallets, "wallets.item"),
-            ijson.items_coro(self.lifecycle, "lifecycleRecords.item"),
-            ijson.kvitems_coro(self.balances, "balanceSnapshots"),
-        ]
-
-    def send(self, chunk: bytes) -> None:
-        if self.header_coro is not None:
-            self.header_coro.send(chunk)
-        for coro in self.coros:
-            coro.send(chunk)
-
-    def close(self) -> None:
-        for coro in self.coros:
-            coro.close()
-
-
 class LegacyReader:
     """One streaming pass over a legacy file.
 
@@ -635,33 +635,24 @@ class LegacyReader:
 
     def _pass(self, handle: IO[bytes]) -> Iterator[tuple[str, Any]]:
         name = self.path.name
-        guard = _Guard(name)
-        sections = _Sections()
         state = _PassState(name)
-        while True:
+        stamp = _guard_file(handle, name)
+        self.header = _read_header(handle, state, name)
+        for prefix in ("wallets.item", "lifecycleRecords.item", "balanceSnapshots"):
+            _check_unchanged(handle, stamp, name)
+            handle.seek(0)
+            if prefix == "balanceSnapshots":
+                values: Iterator[Any] = ijson.kvitems(handle, prefix, buf_size=CHUNK)
+            else:
+                values = ijson.items(handle, prefix, buf_size=CHUNK)
             try:
-                chunk = handle.read(CHUNK)
-            except OSError as exc:
-                raise LocalIOError(f"cannot read {self.path}: {exc.strerror}") from exc
-            try:
-                if chunk:
-                    guard.feed(chunk)
-                    sections.send(chunk)
-                else:
-                    sections.close()
+                for batch in _batches(values):
+                    yield from state.drain(prefix, batch)
             except ijson.JSONError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else "?"
-                raise InputError(
-                    f"{name}: malformed JSON near byte {guard.offset}: {first}"
-                ) from exc
-            if sections.header_coro is not None:
-                self._take_header(sections, state)
-            yield from state.drain(sections)
-            if not chunk:
-                break
-        if guard.carry:
-            raise InputError(f"{name}: the file ends inside a string")
+                raise InputError(f"{name}: malformed JSON: {first}") from exc
         if not state.direct:
+            _check_unchanged(handle, stamp, name)
             try:
                 state.rehash_balances(self.path)
             except ijson.JSONError as exc:
@@ -672,12 +663,95 @@ class LegacyReader:
                 checksum_mismatch_message(self.path), file=str(self.path)
             )
 
-    def _take_header(self, sections: _Sections, state: _PassState) -> None:
-        header = state.header_from(sections.header_events)
-        sections.header_events.clear()
-        if header is not None:
-            self.header = header
-            sections.header_coro = None
+
+def _guard_file(handle: IO[bytes], name: str) -> tuple[int, int]:
+    """Run the guard over the whole file; returns its (size, mtime) stamp."""
+    guard = _Guard(name)
+    while True:
+        try:
+            chunk = handle.read(CHUNK)
+        except OSError as exc:
+            raise LocalIOError(f"cannot read {name}: {exc.strerror}") from exc
+        if not chunk:
+            break
+        guard.feed(chunk)
+    if guard.carry:
+        raise InputError(f"{name}: the file ends inside a string")
+    return _stamp(handle)
+
+
+def _stamp(handle: IO[bytes]) -> tuple[int, int]:
+    info = os.fstat(handle.fileno())
+    return info.st_size, info.st_mtime_ns
+
+
+def _check_unchanged(handle: IO[bytes], stamp: tuple[int, int], name: str) -> None:
+    # Each section is parsed in its own pass (ijson's C items() is twice as
+    # fast as its coroutines); the guard ran over the file as it was then.
+    if _stamp(handle) != stamp:
+        raise IntegrityError(f"{name} changed while it was being read")
+
+
+def _read_header(handle: Any, state: _PassState, name: str) -> LegacyHeader:
+    if hasattr(handle, "seek"):
+        handle.seek(0)
+    events: list[Any] = []
+    try:
+        for event in ijson.parse(handle, buf_size=64 << 10):
+            events.append(event)
+            header = state.header_from(events)
+            events.clear()
+            if header is not None:
+                return header
+    except ijson.JSONError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "?"
+        raise InputError(f"{name}: malformed JSON: {first}") from exc
+    raise InputError(f"{name}: not a legacy backup (no wallets key)")
+
+
+class _GuardedReader:
+    """A file whose every read goes through a guard (for the header peek)."""
+
+    def __init__(self, handle: IO[bytes], name: str) -> None:
+        self.handle = handle
+        self.guard = _Guard(name)
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.handle.read(size)
+        if chunk:
+            self.guard.feed(chunk)
+        return chunk
+
+
+def read_header(path: Path | str) -> LegacyHeader:
+    """The header fields of a legacy file, reading only as far as ``wallets``.
+
+    Raises:
+        NotFoundError: no such file.
+        InputError: not a legacy file, or malformed before ``wallets``.
+        UnsupportedVersionError: an unknown ``version``.
+    """
+    path = Path(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"no such file: {path}") from exc
+    except OSError as exc:
+        raise LocalIOError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        guarded: Any = _GuardedReader(handle, path.name)
+        return _read_header(guarded, _PassState(path.name), path.name)
+
+
+def _batches(values: Iterator[Any], size: int = 512) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 # Python's C encoder writes exactly what JSON.stringify writes for values made
@@ -771,10 +845,10 @@ class _PassState:
             self.pre_balances = self.hasher.copy()
         self.stage = stage
 
-    def drain(self, sections: _Sections) -> Iterator[tuple[str, Any]]:
-        if sections.wallets:
+    def drain(self, prefix: str, batch: list[Any]) -> Iterator[tuple[str, Any]]:
+        if prefix == "wallets.item":
             self._enter(1, "wallets")
-            for wallet in sections.wallets:
+            for wallet in batch:
                 n = self.counts[0]
                 _check_wallet(wallet, f"{self.name}: wallets[{n}]")
                 text = (
@@ -785,10 +859,9 @@ class _PassState:
                 self.hasher.update((b"," if n else b"") + encode_utf8(text))
                 self.counts[0] = n + 1
                 yield "wallet", wallet
-            sections.wallets.clear()
-        if sections.lifecycle:
+        elif prefix == "lifecycleRecords.item":
             self._enter(2, "lifecycleRecords")
-            for record in sections.lifecycle:
+            for record in batch:
                 n = self.counts[1]
                 _check_lifecycle(record, f"{self.name}: lifecycleRecords[{n}]")
                 plain = not any(k[:1].isdigit() for k in record["totalVolume"])
@@ -799,17 +872,15 @@ class _PassState:
                 )
                 self.counts[1] = n + 1
                 yield "lifecycle", record
-            sections.lifecycle.clear()
-        if sections.balances:
+        else:
             if self.stage < 2:
                 self._enter(2, "lifecycleRecords")
             self._enter(3, "balanceSnapshots")
-            for agent_id, entries in sections.balances:
+            for agent_id, entries in batch:
                 where = f"{self.name}: balanceSnapshots[{agent_id!r:.60}]"
                 _check_balances(agent_id, entries, where)
                 self._hash_balances(agent_id, entries)
                 yield "balances", (agent_id, entries)
-            sections.balances.clear()
 
     def _hash_balances(self, agent_id: str, entries: list[Any]) -> None:
         self.counts[2] += 1

@@ -16,7 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaultstore.compat.legacy import LegacyHeader, LegacyReader, LegacySummary
+from vaultstore.compat.legacy import (
+    LegacyHeader,
+    LegacyReader,
+    LegacySummary,
+    read_header,
+)
 from vaultstore.crypto.derive import verify_wallets
 from vaultstore.crypto.legacy import decrypt_legacy_seed
 from vaultstore.crypto.seed import normalize_mnemonic
@@ -200,17 +205,5 @@ def _wallet_tuples(reader: LegacyReader) -> Iterator[tuple[str, int, str, str]]:
 
 
 def peek_header(path: Path | str) -> LegacyHeader:
-    """The header fields of a legacy file, reading only its beginning.
-
-    Raises:
-        NotFoundError, InputError, UnsupportedVersionError.
-    """
-    reader = LegacyReader(path, verify=False)
-    events = iter(reader)
-    for _ in events:
-        break
-    if hasattr(events, "close"):
-        events.close()
-    if reader.header is None:
-        raise InputError(f"{Path(path).name}: not a legacy backup (no wallets key)")
-    return reader.header
+    """The header fields of a legacy file, reading only its beginning."""
+    return read_header(path)

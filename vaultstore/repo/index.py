@@ -125,17 +125,23 @@ class Index:
             )
         )
         data = body + blake3.blake3(body).digest()
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        # A name of its own: two processes may save the same vault's index.
+        tmp = self.path.with_name(
+            f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}"
+        )
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
             raise LocalIOError(
                 f"cannot write index {self.path}: {exc.strerror}"
             ) from exc
@@ -152,9 +158,11 @@ class Index:
             if pack_id is not None:
                 present[pack_id] = name
         bad: list[tuple[bytes, str]] = []
-        gone = [p for p in self.packs if p not in present]
-        if gone:
-            self._drop(set(gone))
+        if any(p not in present for p in self.packs):
+            # A pack went away (prune, or damage): an object it held may live
+            # on in another pack the index already knows, under a location
+            # the index never recorded. Re-read every table rather than guess.
+            self._reset()
         for pack_id in sorted(present):
             if pack_id in self._pack_numbers:
                 continue
@@ -172,14 +180,8 @@ class Index:
             self.add_pack(pack_id, entries)
         return bad
 
-    def _drop(self, gone: set[bytes]) -> None:
-        keep = [p for p in self.packs if p not in gone]
-        renumber = {self._pack_numbers[p]: i for i, p in enumerate(keep)}
-        self.objects = {
-            oid: (renumber[loc[0]], loc[1], loc[2], loc[3])
-            for oid, loc in self.objects.items()
-            if loc[0] in renumber
-        }
-        self.packs = keep
-        self._pack_numbers = {p: i for i, p in enumerate(keep)}
+    def _reset(self) -> None:
+        self.packs = []
+        self._pack_numbers = {}
+        self.objects = {}
         self.dirty = True

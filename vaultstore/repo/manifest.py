@@ -68,6 +68,9 @@ class Manifest:
     digest_after: bytes
     seed_envelope: dict[str, Any]
     bytes_added: int
+    # The vault that took the snapshot (hex). Several vaults may share one
+    # repository; each chains its snapshots on its own previous one.
+    vault: str = ""
     id: str = field(default="", compare=False)
     stored_size: int = field(default=0, compare=False)
 
@@ -85,6 +88,7 @@ class Manifest:
             "type": self.type,
             "time_ms": self.time_ms,
             "host": self.host,
+            "vault": self.vault,
             "sequence": self.seq,
             "parent": self.parent,
             "lsn_start": self.lsn_start,
@@ -172,6 +176,7 @@ _FIELDS = (
     "digest_after",
     "seed_envelope",
     "bytes_added",
+    "vault",
 )
 
 
@@ -185,6 +190,8 @@ def _from_body(body: bytes, name: str) -> Manifest:
                 f"manifest {name} body has an unknown version"
             )
         manifest = Manifest(**{k: data[k] for k in _FIELDS})
+        if not isinstance(manifest.vault, str):
+            raise TypeError("vault is not a string")
     except (ValueError, TypeError, KeyError, msgpack.ExtraData) as exc:
         raise IntegrityError(f"manifest {name} body is malformed") from exc
     if manifest.type not in (FULL, INCREMENTAL) or (

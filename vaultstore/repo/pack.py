@@ -16,6 +16,10 @@ between the header and the table exactly, so inserted or duplicated bytes are
 detected. Because the table is bound to the pack id, a pack copied under
 another name fails authentication. The index (``index.py``) is rebuilt from
 the trailers and tables alone, read by range.
+
+Streaming readers (a restore) use :class:`PackReader`: a pack is fetched whole
+(one GET) the first time one of its objects is needed and shared by the reader
+threads while it stays in a small LRU.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import msgpack
@@ -203,3 +210,64 @@ def verify_header(store: Store, pack_id: bytes) -> None:
         raise UnsupportedVersionError(
             f"pack {pack_id.hex()} has format version {version}"
         )
+
+
+STREAM_PACKS = 4
+
+
+class PackReader:
+    """Sealed object bytes for streaming readers, one whole pack per fetch.
+
+    Safe to use from several threads: each pack is fetched by the first thread
+    that needs it while the others wait for that fetch. At most ``capacity``
+    packs are held. A pack needed again after it left the cache is read by
+    range from then on, so a reader that jumps between many packs (a full
+    patched over many earlier ones) fetches each pack whole at most once and
+    memory stays at ``capacity`` packs.
+    """
+
+    def __init__(self, store: Store, capacity: int = STREAM_PACKS) -> None:
+        self.store = store
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._packs: OrderedDict[bytes, Future[bytes]] = OrderedDict()
+        self._evicted: set[bytes] = set()
+        self.whole_reads = 0
+        self.range_reads = 0
+
+    def read(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of a pack (fewer if it is truncated).
+
+        Raises:
+            ObjectMissingError, StoreError, LocalIOError: the pack cannot be read.
+        """
+        owner = False
+        with self._lock:
+            pending = self._packs.get(pack_id)
+            if pending is not None:
+                self._packs.move_to_end(pack_id)
+            elif pack_id not in self._evicted:
+                pending = self._packs[pack_id] = Future()
+                owner = True
+                while len(self._packs) > self.capacity:
+                    gone, _ = self._packs.popitem(last=False)
+                    self._evicted.add(gone)
+        if pending is None:
+            self.range_reads += 1
+            return self.store.get_range(pack_name(pack_id), offset, length)
+        if owner:
+            self._fetch(pack_id, pending)
+        return pending.result()[offset : offset + length]
+
+    def _fetch(self, pack_id: bytes, pending: Future[bytes]) -> None:
+        try:
+            data = self.store.get(pack_name(pack_id))
+        except BaseException as exc:
+            # Waiting threads see the same error; a later read may try again.
+            with self._lock:
+                if self._packs.get(pack_id) is pending:
+                    del self._packs[pack_id]
+            pending.set_exception(exc)
+            return
+        self.whole_reads += 1
+        pending.set_result(data)

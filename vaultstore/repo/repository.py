@@ -13,6 +13,15 @@ A backup reads the journal inside one read view, so it sees one LSN. Objects
 are written first, each pack confirmed by the store, and the manifest last.
 Rollback: the vault keeps the highest sequence seen per repository in journal
 meta (``repo_hwm:<repo-id>``); a latest manifest below it is refused.
+
+Reading a whole state (:meth:`Repository.iter_state_chunks`, what a restore
+streams) walks the full's buckets in tree order, a group of leaves at a time.
+A small thread pool opens objects ahead of the caller (whole packs fetched
+once through :class:`~vaultstore.repo.pack.PackReader`; AES-GCM, zstd and
+BLAKE3 release the GIL), and records pass on as the batch's own ``bytes``
+objects: nothing is decoded or re-encoded per record. Held in memory: the
+chain's changes, two groups of batches and a few packs, whatever the number
+of agents.
 """
 
 from __future__ import annotations
@@ -27,10 +36,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgpack
 
@@ -62,14 +72,22 @@ from vaultstore.repo.manifest import (
 from vaultstore.repo.objects import (
     BATCH,
     CHANGES,
+    ID_SIZE,
     LEAF,
     REPO_ID_SIZE,
     ROOT,
     ObjectCodec,
     decode_batch,
     describe,
+    unpack_plain,
 )
-from vaultstore.repo.pack import DEFAULT_PACK_SIZE, PackWriter, TocEntry, pack_name
+from vaultstore.repo.pack import (
+    DEFAULT_PACK_SIZE,
+    PackReader,
+    PackWriter,
+    TocEntry,
+    pack_name,
+)
 from vaultstore.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -335,6 +353,20 @@ class Repository:
             )
         return latest
 
+    def latest_of(self, vault_id: str) -> Manifest | None:
+        """The newest snapshot taken by vault ``vault_id`` (after the rollback check).
+
+        Raises:
+            IntegrityError: bad manifest, or the repository was rolled back.
+        """
+        if self.latest() is None:
+            return None
+        for seq in reversed(self._seqs()):
+            manifest = self._manifest(seq)
+            if manifest.vault == vault_id:
+                return manifest
+        return None
+
     def _hwm(self) -> int:
         if self.meta is None:
             return 0
@@ -524,15 +556,21 @@ class Repository:
         Raises:
             IntegrityError: a chain link or an object is missing or corrupt.
         """
-        self._streaming += 1
-        try:
-            yield from self._iter_state(manifest)
-        finally:
-            self._streaming -= 1
-            if not self._streaming:
-                self._packs.clear()
+        for chunk in self.iter_state_chunks(manifest):
+            yield from chunk
 
-    def _iter_state(self, manifest: Manifest) -> Iterator[bytes]:
+    def iter_state_chunks(self, manifest: Manifest) -> Iterator[list[bytes]]:
+        """The records of :meth:`iter_state`, a few thousand per list, in order.
+
+        Objects are fetched a whole pack at a time and opened (decrypted,
+        decompressed, checked against their ids) by :data:`READ_WORKERS`
+        threads working a group of leaves ahead of the caller: AES-GCM, zstd
+        and BLAKE3 release the GIL, so they overlap with the caller's own work
+        (a restore's SQLite inserts).
+
+        Raises:
+            IntegrityError: a chain link or an object is missing or corrupt.
+        """
         chain = self.chain(manifest)
         full = chain[0]
         changes: dict[str, tuple[bytes, int] | None] = {}
@@ -545,38 +583,11 @@ class Repository:
         if full.root is None:
             raise IntegrityError(f"snapshot {full.id[:16]} has no tree root")
         bits, _, leaf_ids = self._root(full.root)
-        shift = 63 - bits
-        added = sorted(
-            (tree_key(a), a, loc) for a, loc in changes.items() if loc is not None
-        )
-        pos = 0
-        for bucket in range(1 << bits):
-            lid = tree.leaf_at(leaf_ids, bucket)
-            base = self._entries(LEAF, lid) if lid != tree.EMPTY else []
-            start = pos
-            while pos < len(added) and added[pos][0] >> shift == bucket:
-                pos += 1
-            if start == pos:
-                last: bytes | None = None
-                records: list[bytes] = []
-                for agent_id, batch, slot in base:
-                    if batch is None or (changes and agent_id in changes):
-                        continue
-                    if batch != last:  # consecutive agents share a batch
-                        records, last = self._batch(batch), batch
-                    if not 0 <= int(slot or 0) < len(records):
-                        raise IntegrityError(
-                            f"{describe(BATCH, batch)} has no slot {slot}"
-                        )
-                    yield records[int(slot or 0)]
-                continue
-            merged = [
-                (tree_key(a), a, (b, s)) for a, b, s in base if a not in changes and b
-            ]
-            merged.extend(added[start:pos])
-            merged.sort(key=lambda item: (item[0], item[1]))
-            for _, _, loc in merged:
-                yield self._record(loc[0], int(loc[1] or 0))
+        reader = _StateReader(self, changes)
+        try:
+            yield from reader.chunks(_buckets(bits, leaf_ids, changes))
+        finally:
+            reader.close()
 
     # ------------------------------------------------------------- backup
     def backup(
@@ -601,10 +612,11 @@ class Repository:
         if self.meta is None:
             self.meta = journal
         run = _Run(self)
+        vault_id = _vault_id(journal)  # before the read view: it may write meta
         with journal.read_view() as view:
             # Every read goes through the view: one consistent LSN for the run.
             reader: JournalLike = view if view is not None else journal
-            parent = self.latest()
+            parent = self.latest_of(vault_id)
             if kind == INCREMENTAL and parent is None:
                 raise MisuseError("no snapshot yet: the first backup must be --full")
             lsn_end = reader.last_lsn()
@@ -634,6 +646,7 @@ class Repository:
             digest_after=digest_after,
             seed_envelope=seed_envelope,
             bytes_added=run.packs.bytes_written,
+            vault=vault_id,
         )
         self._commit(manifest, parent)
         result = BackupResult(
@@ -660,7 +673,9 @@ class Repository:
         return result
 
     def _commit(self, manifest: Manifest, parent: Manifest | None) -> None:
-        manifest.seq = (parent.seq if parent else 0) + 1
+        # Sequence numbers are repository-wide; the parent is this vault's own.
+        seqs = self._seqs()
+        manifest.seq = (seqs[-1] if seqs else 0) + 1
         for _ in range(8):
             data = self.manifests.encode(manifest)
             faults.point("repo.manifest.before-write")
@@ -668,14 +683,23 @@ class Repository:
                 self.store.put(manifest_name(manifest.seq), data)
             except ObjectExistsError:
                 newest = self.latest()
-                if manifest.type == INCREMENTAL or newest is None:
+                if newest is None:
                     raise LockedError(
-                        f"another backup published snapshot {manifest.seq} first; rerun"
+                        f"snapshot {manifest.seq} appeared and vanished; rerun"
                     ) from None
-                # A full is self-contained: rebase it on the new latest.
+                own = self.latest_of(manifest.vault)
+                own_id = own.id if own is not None else None
+                if own_id != manifest.parent:
+                    if manifest.type == INCREMENTAL:
+                        raise LockedError(
+                            f"another backup of this vault published snapshot "
+                            f"{own.seq if own else '?'} first; rerun"
+                        ) from None
+                    # A full is self-contained: rebase it on the vault's new latest.
+                    manifest.parent = own_id
+                    manifest.digest_before = own.digest_after if own else bytes(32)
+                # Another vault took the number: take the next one.
                 manifest.seq = newest.seq + 1
-                manifest.parent = newest.id
-                manifest.digest_before = newest.digest_after
                 continue
             faults.point("repo.manifest.after-write")
             self._manifest_cache[manifest.seq] = manifest
@@ -917,6 +941,246 @@ class _Run:
         self.packs.flush()
 
 
+READ_WORKERS = 2
+GROUP_LEAVES = 256
+LEAVES_PER_TASK = 32
+
+# A bucket to restore: its leaf id in the full (None: empty there) and the
+# chain's changed records that land in it, as (tree key, agentId, location).
+_Added = tuple[int, str, tuple[bytes, int]]
+_Bucket = tuple[bytes | None, list[_Added]]
+
+
+class _Leaf(NamedTuple):
+    """A decoded leaf as parallel lists (entries in tree order)."""
+
+    table: list[bytes]  # batch ids
+    agents: tuple[str, ...]
+    refs: tuple[int, ...]  # index into ``table``
+    slots: tuple[int, ...]
+
+
+_Decoded = tuple[_Leaf | None, list[_Added]]
+
+
+def _buckets(
+    bits: int, leaf_ids: bytes, changes: dict[str, tuple[bytes, int] | None]
+) -> Iterator[_Bucket]:
+    """Every bucket holding state: a leaf of the full, or changed records."""
+    shift = 63 - bits
+    added = sorted(
+        (tree_key(a), a, loc) for a, loc in changes.items() if loc is not None
+    )
+    pos = 0
+    empty = tree.EMPTY
+    for bucket in range(1 << bits):
+        lid: bytes | None = leaf_ids[bucket * ID_SIZE : (bucket + 1) * ID_SIZE]
+        start = pos
+        while pos < len(added) and added[pos][0] >> shift == bucket:
+            pos += 1
+        if lid == empty:
+            if start == pos:
+                continue
+            lid = None
+        yield lid, added[start:pos]
+
+
+def _parse_leaf(plaintext: bytes, what: str) -> _Leaf:
+    """A leaf's entries, checked with C-level passes over whole columns.
+
+    Tombstones (no batch) are dropped: a full's leaves hold live agents only.
+
+    Raises:
+        IntegrityError: the leaf is malformed.
+    """
+    value = unpack_plain(plaintext, what)
+    if type(value) is not list or len(value) != 2:
+        raise IntegrityError(f"{what} is malformed")
+    table, rows = value
+    if type(table) is not list or type(rows) is not list:
+        raise IntegrityError(f"{what} is malformed")
+    try:
+        agents, refs, slots = zip(*rows, strict=True) if rows else ((), (), ())
+    except (TypeError, ValueError):
+        raise IntegrityError(f"{what} has a malformed entry") from None
+    if None in refs:
+        kept = [i for i, ref in enumerate(refs) if ref is not None]
+        agents = tuple(agents[i] for i in kept)
+        refs = tuple(refs[i] for i in kept)
+        slots = tuple(slots[i] for i in kept)
+    if (
+        not set(map(type, agents)) <= {str}
+        or not {*map(type, refs), *map(type, slots)} <= {int}
+        or not all(type(b) is bytes and len(b) == ID_SIZE for b in table)
+        or (refs and (min(refs) < 0 or max(refs) >= len(table)))
+        or (slots and min(slots) < 0)
+    ):
+        raise IntegrityError(f"{what} has a malformed entry")
+    return _Leaf(table, agents, refs, slots)
+
+
+class _StateReader:
+    """Streams a snapshot's records with a thread pool opening objects ahead.
+
+    Work moves in groups of :data:`GROUP_LEAVES` buckets. While the caller
+    consumes group *g*, the pool opens the batches of group *g+1* (its leaves
+    are already decoded) and the leaves of group *g+2*. Only the batches of
+    two groups are held, so memory does not grow with the number of agents.
+    """
+
+    def __init__(
+        self, repo: Repository, changes: dict[str, tuple[bytes, int] | None]
+    ) -> None:
+        self.repo = repo
+        self.changes = changes
+        self.packs = PackReader(repo.store)
+        self.pool = ThreadPoolExecutor(READ_WORKERS, "vaultstore-read")
+        self._batches: dict[bytes, Future[list[bytes]]] = {}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def chunks(self, buckets: Iterator[_Bucket]) -> Iterator[list[bytes]]:
+        groups = _grouped(buckets, GROUP_LEAVES)
+        upcoming = self._submit_leaves(next(groups, None))
+        current: list[_Decoded] | None = None
+        current_needed: set[bytes] = set()
+        while True:
+            decoded = None
+            needed: set[bytes] = set()
+            if upcoming is not None:
+                decoded = self._resolve_leaves(*upcoming)
+                needed = self._submit_batches(decoded)
+                upcoming = self._submit_leaves(next(groups, None))
+            if current is not None:
+                yield self._records(current, current_needed)
+            if decoded is None:
+                return
+            self._batches = {b: self._batches[b] for b in needed}
+            current, current_needed = decoded, needed
+
+    def _submit_leaves(
+        self, group: list[_Bucket] | None
+    ) -> tuple[list[_Bucket], list[Future[list[_Leaf]]]] | None:
+        if group is None:
+            return None
+        # Leaves are small: a task opens several, so thread hand-offs stay few.
+        lids = [lid for lid, _ in group if lid is not None]
+        tasks = [
+            self.pool.submit(self._open_leaves, lids[i : i + LEAVES_PER_TASK])
+            for i in range(0, len(lids), LEAVES_PER_TASK)
+        ]
+        return group, tasks
+
+    @staticmethod
+    def _resolve_leaves(
+        group: list[_Bucket], tasks: list[Future[list[_Leaf]]]
+    ) -> list[_Decoded]:
+        leaves = itertools.chain.from_iterable(task.result() for task in tasks)
+        return [
+            (next(leaves) if lid is not None else None, added) for lid, added in group
+        ]
+
+    def _submit_batches(self, group: list[_Decoded]) -> set[bytes]:
+        needed: set[bytes] = set()
+        for leaf, added in group:
+            if leaf is not None:
+                needed.update(leaf.table)
+            needed.update(loc[0] for _, _, loc in added)
+        for batch in needed:
+            if batch not in self._batches:
+                self._batches[batch] = self.pool.submit(self._open_batch, batch)
+        return needed
+
+    def _records(self, group: list[_Decoded], needed: set[bytes]) -> list[bytes]:
+        # Batches of a group were submitted a group earlier: wait for them all.
+        ready = {b: self._batches[b].result() for b in needed}
+        out: list[bytes] = []
+        changes = self.changes
+        for leaf, added in group:
+            if leaf is None:
+                self._append(out, ready, [(a, loc[0], loc[1]) for _, a, loc in added])
+            elif added or (changes and not changes.keys().isdisjoint(leaf.agents)):
+                self._append(out, ready, self._patched(leaf, added))
+            else:
+                lists = [ready[b] for b in leaf.table]
+                try:
+                    if len(lists) == 1:  # the common case: one batch, a C-level map
+                        out += map(lists[0].__getitem__, leaf.slots)
+                    else:
+                        out += [
+                            lists[r][s]
+                            for r, s in zip(leaf.refs, leaf.slots, strict=True)
+                        ]
+                except IndexError:
+                    raise self._bad_slot(leaf, ready) from None
+        return out
+
+    def _patched(
+        self, leaf: _Leaf, added: list[_Added]
+    ) -> list[tuple[str, bytes, int]]:
+        """A leaf's entries with the chain's changes applied, in tree order."""
+        changes = self.changes
+        fresh = {a: loc for _, a, loc in added}
+        locs: list[tuple[str, bytes, int]] = []
+        for a, r, s in zip(leaf.agents, leaf.refs, leaf.slots, strict=True):
+            if a not in changes:
+                locs.append((a, leaf.table[r], s))
+            elif (loc := fresh.pop(a, None)) is not None:
+                locs.append((a, loc[0], loc[1]))  # changed in place; else removed
+        if fresh:
+            # Agents new to this bucket: merge by (tree key, agentId).
+            keyed = [(tree_key(a), a, b, s) for a, b, s in locs]
+            keyed += [(tk, a, loc[0], loc[1]) for tk, a, loc in added if a in fresh]
+            keyed.sort(key=lambda m: (m[0], m[1]))
+            locs = [(a, b, s) for _, a, b, s in keyed]
+        return locs
+
+    @staticmethod
+    def _append(
+        out: list[bytes],
+        ready: dict[bytes, list[bytes]],
+        locs: list[tuple[str, bytes, int]],
+    ) -> None:
+        for _, batch, slot in locs:
+            records = ready[batch]
+            if not 0 <= slot < len(records):
+                raise IntegrityError(f"{describe(BATCH, batch)} has no slot {slot}")
+            out.append(records[slot])
+
+    @staticmethod
+    def _bad_slot(leaf: _Leaf, ready: dict[bytes, list[bytes]]) -> IntegrityError:
+        for r, s in zip(leaf.refs, leaf.slots, strict=True):
+            batch = leaf.table[r]
+            if s >= len(ready[batch]):
+                return IntegrityError(f"{describe(BATCH, batch)} has no slot {s}")
+        return IntegrityError("internal: a leaf slot is out of range")
+
+    def _open(self, kind: int, oid: bytes) -> bytes:
+        loc = self.repo.index.lookup(oid)
+        if loc is None:
+            raise IntegrityError(f"{describe(kind, oid)} is missing", object=oid.hex())
+        pack_id, stored_kind, offset, length = loc
+        if stored_kind != kind:
+            raise IntegrityError(f"{describe(kind, oid)} is stored as another kind")
+        try:
+            sealed = self.packs.read(pack_id, offset, length)
+        except ObjectMissingError as exc:
+            raise IntegrityError(f"{describe(kind, oid)}: its pack is missing") from exc
+        return self.repo.codec.open(kind, oid, sealed)
+
+    def _open_leaves(self, lids: list[bytes]) -> list[_Leaf]:
+        return [_parse_leaf(self._open(LEAF, lid), describe(LEAF, lid)) for lid in lids]
+
+    def _open_batch(self, batch: bytes) -> list[bytes]:
+        return decode_batch(self._open(BATCH, batch), describe(BATCH, batch))
+
+
+def _grouped(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
 _DONE = object()
 
 
@@ -997,3 +1261,16 @@ def open_master_key(store: Store, password: str, profile: str) -> bytes:
         except WrongPasswordError as exc:
             last = exc
     raise last or WrongPasswordError("wrong password")
+
+
+VAULT_ID_META = "vault_id"
+
+
+def _vault_id(journal: Any) -> str:
+    """The vault's identity (hex); made on its first backup if it has none."""
+    raw = journal.get_meta(VAULT_ID_META)
+    if raw:
+        return bytes(raw).decode("ascii")
+    made = os.urandom(16).hex()
+    journal.set_meta(VAULT_ID_META, made.encode("ascii"))
+    return made

@@ -12,8 +12,8 @@ A behind secondary is brought up to date by :func:`sync` (through
 secondary lacks. Objects are write-once, so a name present on both sides is
 the same object and is not compared. Manifests (``snapshots/``) are copied
 after everything else, so a secondary only ever publishes a snapshot whose
-objects it already holds. ``locks/`` is never copied: locks belong to the
-destination they were taken on.
+objects it already holds. ``locks/`` is never copied nor mirrored: locks
+belong to the destination they were taken on.
 
 State file (JSON, written with temp file → fsync → rename → directory fsync,
 mode 0600)::
@@ -78,7 +78,16 @@ def sync(primary: Store, secondary: Store, *, delete_extra: bool = False) -> Syn
         StoreError, LocalIOError: either side failed; what was copied stays.
     """
     result = SyncResult(source=primary.url, target=secondary.url)
-    wanted = _copyable(primary.list())
+    # Manifests are listed before the objects: a manifest is written after
+    # everything it references, so every object of a manifest seen here is in
+    # the second listing even while a backup is writing to the primary.
+    manifests = _copyable(primary.list(MANIFEST_PREFIX))
+    wanted = [
+        name
+        for name in _copyable(primary.list())
+        if not name.startswith(MANIFEST_PREFIX)
+    ]
+    wanted += manifests
     present = set(_copyable(secondary.list()))
     missing = [name for name in wanted if name not in present]
     # Everything a manifest may reference first, then the manifests.
@@ -153,6 +162,10 @@ class ReplicatedStore:
     def _active(self) -> list[Store]:
         return [s for s in self.secondaries if s.url not in self._behind]
 
+    def _mirrors(self, name: str) -> list[Store]:
+        # Locks (and their heartbeats) stay on the primary, where they are taken.
+        return [] if name.startswith(SKIPPED_PREFIXES) else self._active()
+
     def _mark_behind(self, store: Store, name: str, exc: Exception) -> None:
         log.warning(
             "secondary destination %s failed on %s: %s; it will be caught up later",
@@ -183,7 +196,7 @@ class ReplicatedStore:
             StoreError, LocalIOError: the primary failed.
         """
         self.primary.put(name, data, overwrite=overwrite)
-        for store in self._active():
+        for store in self._mirrors(name):
             try:
                 store.put(name, data, overwrite=overwrite)
             except ObjectExistsError as exc:
@@ -206,7 +219,7 @@ class ReplicatedStore:
             StoreError, LocalIOError: the primary failed.
         """
         self.primary.delete(name)
-        for store in self._active():
+        for store in self._mirrors(name):
             try:
                 store.delete(name)
             except (StoreError, LocalIOError) as exc:
@@ -236,21 +249,32 @@ class ReplicatedStore:
 
     # -- catching up ----------------------------------------------------------
 
-    def catch_up(self, *, delete_extra: bool = False) -> builtins.list[SyncResult]:
+    @property
+    def behind(self) -> dict[str, dict[str, Any]]:
+        """Secondary URL → what is recorded about its failure (a copy)."""
+        current = {s.url for s in self.secondaries}
+        return {url: dict(v) for url, v in self._behind.items() if url in current}
+
+    def catch_up(
+        self, *, delete_extra: bool = False, every_secondary: bool = False
+    ) -> builtins.list[SyncResult]:
         """Sync every behind secondary; those that succeed become active again.
 
+        With ``every_secondary``, secondaries not known to be behind are synced
+        too (``vaultstore sync``: they may lack objects another process wrote).
         A secondary that still fails stays behind (logged, never raised).
         """
         results: list[SyncResult] = []
         for store in self.secondaries:
-            if store.url not in self._behind:
+            if store.url not in self._behind and not every_secondary:
                 continue
             try:
                 results.append(sync(self.primary, store, delete_extra=delete_extra))
             except (StoreError, LocalIOError) as exc:
                 self._mark_behind(store, "(catch-up)", exc)
                 continue
-            del self._behind[store.url]
+            if self._behind.pop(store.url, None) is None:
+                continue
             self._save_state()
             log.info(
                 "secondary destination %s caught up",
