@@ -243,6 +243,7 @@ def test_random_moment_kills_of_backup(base: Source, tmp_path: Path, kind: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.reliability(1)
 @pytest.mark.parametrize("kind", ["full", "incremental"])
 def test_hundreds_of_random_kills_of_backup(tmp_path: Path, kind: str) -> None:
@@ -254,6 +255,7 @@ def test_hundreds_of_random_kills_of_backup(tmp_path: Path, kind: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.reliability(1)
 def test_hundreds_of_random_kills_of_ingest(base: Source, tmp_path: Path) -> None:
     from tests.journal_data import write_ndjson

@@ -246,16 +246,14 @@ scalars = (
     | st.text(max_size=40)
     | st.binary(max_size=64)
 )
-values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=6)
-        | st.dictionaries(
-            st.text(max_size=8) | st.integers(-(2**63), 2**64 - 1), inner, max_size=5
-        )
-    ),
-    max_leaves=30,
-)
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.text(max_size=8) | st.integers(-(2**63), 2**64 - 1)
+    return st.lists(inner, max_size=6) | st.dictionaries(keys, inner, max_size=5)
+
+
+values = st.recursive(scalars, _containers, max_leaves=30)
 packed = values.map(lambda v: bytes(msgpack.packb(v, use_bin_type=True)))
 hostile = packed | st.binary(max_size=300)
 ids32 = st.binary(min_size=32, max_size=32)
@@ -432,16 +430,20 @@ def test_hostile_key_files_never_escape_the_error_catalogue(text: str) -> None:
 
 # ------------------------------------------------------------ hostile NDJSON
 
+
+def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=12), inner, max_size=5
+    )
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(st.text(max_size=12), inner, max_size=5)
-    ),
+    _json_containers,
     max_leaves=20,
 )
 event_like = st.fixed_dictionaries(

@@ -39,11 +39,10 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaultstore import faults
 from vaultstore.crypto.aead import Sealer
-from vaultstore.crypto.derive import Wallet, verify_wallets
 from vaultstore.crypto.envelope import seal_seed
 from vaultstore.crypto.kdf import canonical_json
 from vaultstore.crypto.keyfile import create_keyfile, generate_master_key, open_keyfile
@@ -58,6 +57,9 @@ from vaultstore.errors import (
 )
 from vaultstore.journal import DB_NAME, Journal
 from vaultstore.model import decode_record
+
+if TYPE_CHECKING:
+    from vaultstore.crypto.derive import Wallet
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +296,10 @@ class Vault:
         if mnemonic is None:
             mnemonic = self.mnemonic()
         counter = _Counter(self.iter_wallets())
+        # Imported here: address derivation pulls in libsecp256k1 and
+        # pycryptodome, which commands that never derive should not pay for.
+        from vaultstore.crypto.derive import verify_wallets
+
         bad = verify_wallets(mnemonic, counter, workers=workers)
         return counter.count, sorted(bad)
 

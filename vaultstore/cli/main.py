@@ -53,13 +53,16 @@ log = logging.getLogger(__name__)
 @click.option(
     "--password-file",
     type=click.Path(path_type=Path),
+    envvar="VAULTSTORE_PASSWORD_FILE",
     default=None,
-    help="Read the password from this file.",
+    help="Read the password from this file [env VAULTSTORE_PASSWORD_FILE].",
 )
 @click.option(
     "--password-command",
+    envvar="VAULTSTORE_PASSWORD_COMMAND",
     default=None,
-    help="Run this command and read the password from its stdout.",
+    help="Run this command and read the password from its stdout "
+    "[env VAULTSTORE_PASSWORD_COMMAND].",
 )
 @click.option("--log-file", default=None, help="Write JSON-lines logs here.")
 @click.option(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from vaultstore.balances import make_sources
 from vaultstore.cli.common import emit, json_option, settings
 from vaultstore.errors import ReconcileMismatchError
 from vaultstore.journal import Journal
-from vaultstore.reconcile import ReconcileSummary, reconcile_view
+
+if TYPE_CHECKING:
+    from vaultstore.reconcile import ReconcileSummary
 
 
 def register(group: click.Group) -> None:
@@ -60,6 +62,9 @@ def reconcile_command(
     RPC sources take precedence over the file for the chains they serve.
     Each difference is logged as "Balance mismatch detected".
     """
+    from vaultstore.balances import make_sources
+    from vaultstore.reconcile import reconcile_view
+
     sources = make_sources(
         evm_rpc=evm_rpc,
         xrpl_rpc=xrpl_rpc,

@@ -6,10 +6,14 @@ Order of work, chosen so that nothing corrupt ever becomes visible:
    manifest MAC, sequence and parent/digest link — before anything is written;
 2. open the seed envelope carried by the newest manifest with the password;
 3. stream the snapshot's records into a new journal in a temporary directory
-   *beside* the target (same filesystem, so the final rename is atomic);
-4. recompute the state digest of what was written and compare it with the
-   digest the backup recorded; re-derive wallet addresses from the seed (a
-   sample by default, all with ``verify_addresses="all"``);
+   *beside* the target (same filesystem, so the final rename is atomic). The
+   repository hands records over in chunks of a few thousand, as the bytes
+   the batches hold, while its reader threads open the next objects; no
+   Python code runs per record here, only in the journal load;
+4. compare the state digest the load computed over the records it wrote
+   (each record hashed once) with the digest the backup recorded; re-derive
+   wallet addresses from the seed (a reservoir sample by default, all with
+   ``verify_addresses="all"``);
 5. seal the seed into the new vault under the password, fsync, and rename the
    directory into place. A failure at any step removes the temporary
    directory; the target is untouched until the final rename.

@@ -189,7 +189,9 @@ def _from_body(body: bytes, name: str) -> Manifest:
             raise UnsupportedVersionError(
                 f"manifest {name} body has an unknown version"
             )
-        manifest = Manifest(**{k: data[k] for k in _FIELDS})
+        # Manifests written before vault identities existed carry none.
+        fields = {k: data[k] for k in _FIELDS if k != "vault"}
+        manifest = Manifest(**fields, vault=data.get("vault", ""))
         if not isinstance(manifest.vault, str):
             raise TypeError("vault is not a string")
     except (ValueError, TypeError, KeyError, msgpack.ExtraData) as exc:

@@ -1,0 +1,116 @@
+"""Journal.bulk_load as restore drives it: chunked scans, fallbacks, durability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from vaultstore import journal as journal_mod
+from vaultstore.errors import IntegrityError
+from vaultstore.journal import Journal
+from vaultstore.model import (
+    EMPTY_DIGEST,
+    Record,
+    digest_add,
+    encode_record,
+    record_hash,
+)
+
+
+def record(n: int, state: str | None = "active", **lifecycle: Any) -> Record:
+    agent = f"agent-{n:05d}"
+    wallet = {"agentId": agent, "derivationIndex": n, "evmAddress": "0x" + "a" * 40}
+    life = None
+    if state is not None:
+        life = {"agentId": agent, "state": state, "createdAt": 1, **lifecycle}
+    balances = [{"agentId": agent, "chain": "evm", "token": "ETH", "balance": "7"}]
+    return Record(agent, wallet, life, balances)
+
+
+def expected_digest(datas: list[bytes]) -> bytes:
+    digest = EMPTY_DIGEST
+    for data in datas:
+        digest = digest_add(digest, record_hash(data))
+    return digest
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_mod, "BULK_ROWS", 7)
+
+
+def test_bulk_load_counts_hashes_and_verifies(tmp_path: Path) -> None:
+    states = ["active", "suspended", "pending", "archived", None]
+    records = [record(n, states[n % 5]) for n in range(60)]
+    # Key order inside the lifecycle must not matter, nor a "state" key elsewhere.
+    records[3] = records[3]._replace(
+        lifecycle={"state": "pending", "agentId": records[3].agent_id},
+        wallet={**records[3].wallet, "metadata": {"state": "archived"}},
+    )
+    datas = [encode_record(r) for r in records]
+    items: list[bytes | Record] = [*datas[:30], *records[30:]]
+    with Journal.bulk_load(tmp_path / "v", items, 42) as j:
+        assert j.state_digest() == expected_digest(datas)
+        by_state = j.counts()["byState"]
+        assert j.counts()["agents"] == 60
+        assert by_state["pending"] == 12 + 1 and by_state["archived"] == 12 - 1
+        assert by_state["active"] == by_state["suspended"] == by_state["none"] == 12
+        assert j.verify_projection() == []
+        assert j.get("agent-00003") == records[3]
+        assert j.last_lsn() == 42 and j.base_lsn() == 42
+        mode = j._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = j._conn.execute("PRAGMA synchronous").fetchone()[0]
+    assert (mode, sync) == ("wal", 2)  # back to the journal's normal durability
+    assert not (tmp_path / "v" / "journal.db-journal").exists()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x93\xa1a\xc0\xc0",  # three fields, not four
+        msgpack.packb([7, None, None, None]),  # agent id not a string
+        encode_record(record(1)) + b"\x00",  # trailing bytes after a record
+        encode_record(record(1, state=None))[:-1],  # truncated
+        encode_record(record(2, "active")._replace(lifecycle={"state": 5})),
+    ],
+)
+def test_a_bad_record_fails_the_load_and_leaves_no_journal(
+    tmp_path: Path, bad: bytes
+) -> None:
+    datas = [encode_record(record(n + 10)) for n in range(9)]
+    datas.insert(4, bad)
+    with pytest.raises(IntegrityError):
+        Journal.bulk_load(tmp_path / "v", datas, 5)
+    assert not (tmp_path / "v" / "journal.db").exists()
+
+
+def test_duplicates_across_chunks_are_refused(tmp_path: Path) -> None:
+    datas = [encode_record(record(n)) for n in range(10)]
+    with pytest.raises(IntegrityError, match="appears twice"):
+        Journal.bulk_load(tmp_path / "v", [*datas, datas[2]], 5)
+
+
+def test_a_crash_inside_the_load_leaves_no_visible_rows(tmp_path: Path) -> None:
+    """The load runs in one transaction with a rollback journal: all or nothing."""
+
+    def records() -> Any:
+        for n in range(30):
+            yield encode_record(record(n))
+        raise RuntimeError("reader died")
+
+    with pytest.raises(RuntimeError):
+        Journal.bulk_load(tmp_path / "v", records(), 5)
+    assert not (tmp_path / "v" / "journal.db").exists()
+
+
+def test_scan_matches_full_decode() -> None:
+    records = [
+        record(n, "suspended", suspensionReason="¥state¦active") for n in range(5)
+    ]
+    datas = [encode_record(r) for r in records]
+    agents, states = journal_mod._agents_and_states(datas)
+    assert agents == [r.agent_id for r in records]
+    assert states == ["suspended"] * 5
