@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-settings.register_profile("deterministic", derandomize=True, deadline=None, max_examples=60)
+settings.register_profile(
+    "deterministic", derandomize=True, deadline=None, max_examples=60
+)
 settings.load_profile("deterministic")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

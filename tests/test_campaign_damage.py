@@ -464,4 +464,8 @@ def test_corrupt_projection_page_is_refused_by_backup(big_journal: Source) -> No
         assert "Traceback" not in done.err
     # Nothing was published from a corrupt journal; the repository is intact.
     assert sorted(p.name for p in files_under(src.repo_dir / "snapshots")) == before
-    assert run_main(src.env(), "check", "--read-data").code == 0
+    # The repository is untouched; check now also scans the journal and
+    # reports its damaged page.
+    checked = run_main(src.env(), "check", "--read-data")
+    assert checked.code == 3, checked.err
+    assert "journal problems" in checked.out

@@ -1,8 +1,9 @@
-"""Bugs the campaign found, each pinned by a test that fails until it is fixed.
+"""Bugs the campaign found, each pinned by a test.
 
-Every test here is ``xfail(strict=True)``: when the bug is fixed the test
-passes, the strict xfail turns that into a failure, and the lead removes the
-marker. Each reason names the file, the function and the suggested fix.
+Fixed bugs keep their test as a regression test. A bug not fixed yet is
+``xfail(strict=True)``: when it is fixed the test passes, the strict xfail
+turns that into a failure, and the marker must be removed. Its reason names
+the file, the function and the suggested fix.
 """
 
 from __future__ import annotations
@@ -25,13 +26,6 @@ from vaultstore.errors import IntegrityError, LocalIOError
 
 
 @pytest.mark.reliability(15)
-@pytest.mark.xfail(
-    strict=True,
-    reason="vaultstore/ops/exportjson.py salt_beside(): when writing or fsyncing "
-    "the temporary '.encryption-salt.<pid>.tmp' fails (ENOSPC, EIO) the "
-    "temporary file is left beside the export; unlink it in the except branch "
-    "(and on any exception before os.replace)",
-)
 def test_export_salt_temporary_is_removed_when_the_disk_is_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,14 +42,6 @@ def test_export_salt_temporary_is_removed_when_the_disk_is_full(
 
 
 @pytest.mark.reliability(23)
-@pytest.mark.xfail(
-    strict=True,
-    reason="vaultstore/model.py _uint(): integers >= 2**64 (totalTransactions, "
-    "createdAt, activatedAt, lastUpdated...) pass validation, then msgpack.packb "
-    "in journal.Writer raises OverflowError: an uncaught traceback, exit 1. Give "
-    "_uint a default upper bound of 2**63-1 (SQLite/msgpack safe) so the line is "
-    "refused with InputError (exit 7) naming the field",
-)
 @pytest.mark.parametrize(
     "line",
     [
@@ -98,15 +84,6 @@ def test_integers_above_2_64_are_an_input_error(
 
 
 @pytest.mark.reliability(6, 22)
-@pytest.mark.xfail(
-    strict=True,
-    reason="vaultstore/repo/index.py Index.load()/_decode(): an index whose "
-    "(unkeyed) BLAKE3 checksum is right but whose msgpack structure is wrong "
-    "raises IndexError (also KeyError/OverflowError for other shapes), which "
-    "load() does not catch, so opening the repository crashes instead of "
-    "rebuilding the cache. Validate the shape in _decode (lists of 16-byte ids, "
-    "5-item rows of ints) and raise IntegrityError, or catch Exception in load()",
-)
 def test_a_malformed_index_with_a_valid_checksum_is_rebuilt(tmp_path: Path) -> None:
     from vaultstore.repo.index import Index
 
@@ -117,13 +94,6 @@ def test_a_malformed_index_with_a_valid_checksum_is_rebuilt(tmp_path: Path) -> N
 
 
 @pytest.mark.reliability(22)
-@pytest.mark.xfail(
-    strict=True,
-    reason="vaultstore/repo/tree.py decode_entries(): int(slot) of a float "
-    "infinity raises OverflowError, which the except clause (TypeError, "
-    "ValueError, IndexError) misses; require isinstance(slot, int) (not bool) "
-    "and raise IntegrityError, or add OverflowError to the except",
-)
 def test_tree_entries_with_an_infinite_slot_are_an_integrity_error() -> None:
     from vaultstore.repo import tree
 
@@ -133,13 +103,6 @@ def test_tree_entries_with_an_infinite_slot_are_an_integrity_error() -> None:
 
 
 @pytest.mark.reliability(22)
-@pytest.mark.xfail(
-    strict=True,
-    reason="vaultstore/cli/admin_cmds.py forget: a malformed --keep-within value "
-    "('3x') is reported as InputError (exit 7, 'malformed input data') instead "
-    "of a usage error (exit 2) like every other bad option; parse it in a click "
-    "ParamType or convert the InputError to MisuseError/click.BadParameter",
-)
 def test_forget_with_a_malformed_duration_is_a_usage_error(tmp_path: Path) -> None:
     env = base_env(
         VAULTSTORE_VAULT=str(tmp_path / "v"), VAULTSTORE_REPOSITORY=str(tmp_path / "r")
@@ -166,3 +129,20 @@ def test_corrupt_event_log_page_is_refused_on_open(tmp_path: Path) -> None:
     _corrupt_table_page(src.vault_dir / "journal.db", "events")
     done = run_main(src.env(), "status", "--json")
     assert done.code == 3, done.out
+
+
+@pytest.mark.reliability(4)
+def test_corrupt_event_log_page_is_found_by_check(tmp_path: Path) -> None:
+    """Not refused on open yet (above), but `check` reads every journal page."""
+    from tests.test_campaign_damage import _corrupt_table_page
+
+    src = Source(tmp_path / "s")
+    src.append(agent_events(range(400)))
+    assert run_main(src.env(), "backup", "--full").code == 0
+    clean = run_main(src.env(), "check", "--json")
+    assert clean.code == 0, clean.err
+    assert json.loads(clean.out)["journal"]["problems"] == []
+    _corrupt_table_page(src.vault_dir / "journal.db", "events")
+    done = run_main(src.env(), "check", "--json")
+    assert done.code == 3, done.out + done.err
+    assert json.loads(done.out)["journal"]["problems"]

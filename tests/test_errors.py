@@ -30,7 +30,9 @@ def test_readme_documents_no_code_that_nothing_uses() -> None:
 
 
 def test_errors_carry_message_and_fields() -> None:
-    exc = errors.InputError("line 3: wallets.derivationIndex must be an integer", line=3)
+    exc = errors.InputError(
+        "line 3: wallets.derivationIndex must be an integer", line=3
+    )
     assert str(exc) == "line 3: wallets.derivationIndex must be an integer"
     assert exc.fields == {"line": 3}
     assert isinstance(exc, VaultstoreError) and exc.exit_code == 7

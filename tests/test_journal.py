@@ -372,7 +372,9 @@ def test_bulk_load_then_tampered_base_is_detected(tmp_path: Path) -> None:
 def test_bulk_load_then_changes_keep_the_base_copy_on_write(tmp_path: Path) -> None:
     records = [Record(agent(i), wallet(i), None, None) for i in range(4)]
     with Journal.bulk_load(tmp_path / "v", records, 10) as j:
-        assert raw(tmp_path / "v").execute("SELECT count(*) FROM base").fetchone() == (0,)
+        assert raw(tmp_path / "v").execute("SELECT count(*) FROM base").fetchone() == (
+            0,
+        )
         j.append([Event("remove", agent(1), None)])
         j.append([Event("wallet", agent(2), {**wallet(2), "createdAt": 99})])
         assert j.verify_projection() == []

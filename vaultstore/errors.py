@@ -7,12 +7,12 @@ exception into one message on stderr and that exit code. Messages never carry
 secrets (passwords, mnemonics, keys): they name objects, files, lines, fields.
 
     VaultstoreError                      1  general error
-    ├── MisuseError                      2  usage: bad arguments, missing vault/repo
+    ├── MisuseError                      2  usage: bad arguments, missing vault
     ├── IntegrityError                   3  corrupt, tampered, or inconsistent data
-    │   └── AddressMismatchError         3  a wallet address does not derive from the seed
+    │   └── AddressMismatchError         3  an address does not derive from the seed
     ├── WrongPasswordError               4  the password does not open the key
     ├── LockedError                      5  another process holds the lock
-    ├── (partial success)                6  a secondary destination failed (not an error)
+    ├── (partial success)                6  a secondary destination failed
     ├── InputError                       7  malformed input: NDJSON, JSON, wallet data
     │   └── TransitionError              7  an invalid lifecycle transition
     ├── WeakPasswordError                8  a new password fails the password rule
@@ -164,7 +164,7 @@ def all_error_classes() -> list[type[VaultstoreError]]:
 
 
 class BalanceSourceError(VaultstoreError):
-    """A balance source (EVM or XRPL JSON-RPC, balances file) failed or answered badly."""
+    """A balance source (EVM or XRPL JSON-RPC, file) failed or answered badly."""
 
     exit_code = 14
     kind = "balance-source"

@@ -9,7 +9,7 @@ point an operation passes through.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Hook = Callable[[str], None]
 

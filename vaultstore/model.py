@@ -178,9 +178,13 @@ def canonical_amount(value: Any, field: str) -> str:
     raise _fail(field, "must be a non-negative integer (a decimal string)")
 
 
-def _uint(value: Any, field: str, upper: int | None = None) -> int:
+# Counters and timestamps must fit SQLite's and msgpack's signed 64 bits.
+MAX_UINT = (1 << 63) - 1
+
+
+def _uint(value: Any, field: str, upper: int = MAX_UINT) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        if upper is None or value <= upper:
+        if value <= upper:
             return value
         raise _fail(field, f"must be an integer 0..{upper}")
     raise _fail(field, "must be a non-negative integer")

@@ -40,7 +40,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from vaultstore.errors import InputError, LockedError, VaultstoreError
+from vaultstore import durable
+from vaultstore.errors import InputError, LocalIOError, LockedError, VaultstoreError
 
 log = logging.getLogger(__name__)
 
@@ -165,25 +166,21 @@ def read_state(path: Path) -> dict[str, datetime]:
 
 
 def write_state(path: Path, last_runs: Mapping[str, datetime | None]) -> None:
-    """Write the state file atomically (temp file, fsync, rename, fsync dir)."""
+    """Write the state file atomically (temp file, fsync, rename, fsync dir).
+
+    Raises:
+        LocalIOError: the file could not be written; the old one is intact.
+    """
     body = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
         "last_run": {k: v.isoformat() for k, v in last_runs.items() if v is not None},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(body, sort_keys=True).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    durable.write_atomic(
+        path,
+        json.dumps(body, sort_keys=True).encode("utf-8"),
+        what=f"daemon state file {path}",
+    )
 
 
 def utc_now() -> datetime:
@@ -391,10 +388,10 @@ class Daemon:
         if self.state_path is not None:
             try:
                 write_state(self.state_path, self.last_runs)
-            except OSError as exc:
+            except LocalIOError as exc:
                 log.warning(
                     "cannot write daemon state %s: %s",
                     self.state_path,
-                    exc.strerror,
+                    exc,
                     extra={"event": "daemon.state"},
                 )

@@ -34,14 +34,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vaultstore import faults
+from vaultstore import durable, faults
 from vaultstore.crypto.aead import Sealer
 from vaultstore.crypto.envelope import seal_seed
 from vaultstore.crypto.kdf import canonical_json
@@ -425,31 +424,7 @@ def _write_private(path: Path, data: bytes) -> None:
     Raises:
         LocalIOError: the write, fsync or rename failed; the old file is intact.
     """
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        faults.point("vault.keyfile.before-rename")
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise LocalIOError(
-            f"cannot write {path}: {exc.strerror}", path=str(path)
-        ) from exc
+    durable.write_atomic(path, data, fault="vault.keyfile.before-rename")
     faults.point("vault.keyfile.after-sync")
 
 

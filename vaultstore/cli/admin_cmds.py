@@ -25,7 +25,7 @@ from vaultstore.cli.common import (
     settings,
 )
 from vaultstore.config import Config, Destination, mask_url, masked
-from vaultstore.errors import LockedError, MisuseError
+from vaultstore.errors import InputError, LockedError, MisuseError
 from vaultstore.locks import (
     RepositoryLock,
     VaultLock,
@@ -247,6 +247,16 @@ def _unlock_text(removed: list[dict[str, Any]], refused: list[str]) -> str:
 # -- forget --------------------------------------------------------------------
 
 
+def _check_duration(value: str | None) -> str | None:
+    """A malformed --keep-within is a usage error (exit 2), like any bad option."""
+    if value is not None:
+        try:
+            parse_duration(value)
+        except InputError as exc:
+            raise click.BadParameter(exc.message, param_hint="--keep-within") from exc
+    return value
+
+
 def policy_from_options(
     config: Config, options: Mapping[str, Any], scope: str
 ) -> tuple[Policy, bool]:
@@ -325,7 +335,12 @@ def _plan_text(result: Plan, dry_run: bool, policy: Policy) -> str:
 @click.option("--keep-weekly", type=click.IntRange(min=0), default=None)
 @click.option("--keep-monthly", type=click.IntRange(min=0), default=None)
 @click.option("--keep-yearly", type=click.IntRange(min=0), default=None)
-@click.option("--keep-within", default=None, help="Duration such as 30d or 1y2m.")
+@click.option(
+    "--keep-within",
+    default=None,
+    callback=lambda _ctx, _param, value: _check_duration(value),
+    help="Duration such as 30d or 1y2m.",
+)
 @click.option(
     "--type",
     "scope",

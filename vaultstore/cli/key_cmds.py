@@ -28,13 +28,13 @@ from typing import Any
 
 import click
 
+from vaultstore import durable
 from vaultstore.cli.common import emit, json_option, kdf_profile, settings
 from vaultstore.crypto import repokeys
 from vaultstore.crypto.password import check_password
 from vaultstore.crypto.seed import WORD_COUNTS, generate_mnemonic, normalize_mnemonic
 from vaultstore.errors import (
     AddressMismatchError,
-    LocalIOError,
     MisuseError,
     NotFoundError,
 )
@@ -441,20 +441,13 @@ def _workers(requested: int) -> int:
 
 
 def _write_new_private(path: Path, text: str) -> None:
+    """Create ``path`` (0600) durably with ``text``; never overwrite a file."""
+    if path.exists():
+        raise MisuseError(f"{path} already exists; refusing to overwrite it")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        durable.write_atomic(path, text.encode("utf-8"), overwrite=False)
     except FileExistsError as exc:
         raise MisuseError(f"{path} already exists; refusing to overwrite it") from exc
-    except OSError as exc:
-        raise LocalIOError(f"cannot create {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise LocalIOError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def register(group: click.Group) -> None:

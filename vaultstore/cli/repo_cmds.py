@@ -186,11 +186,30 @@ def snapshots(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, read_data: bool, as_json: bool) -> None:
     """Verify the repository; name every damaged object and its snapshots."""
-    with _opened(ctx) as (_vault, repo):
+    with _opened(ctx) as (vault, repo):
         report = run_check(repo, read_data)
-    emit(report.as_dict(), as_json, lambda: report_text(report))
-    if not report.ok:
-        raise IntegrityError(f"check found {len(report.problems)} problems")
+        # The vault's journal too: a damaged page in its event log is found
+        # here even though backups, which read only the projection, never
+        # touch it; --read-data also rebuilds the projection from the log.
+        journal = vault.journal.integrity_problems()
+        if read_data and not journal:
+            journal = vault.journal.verify_projection()
+    data = report.as_dict()
+    data["journal"] = {"path": str(vault.path / "journal.db"), "problems": journal}
+
+    def text() -> str:
+        lines = [report_text(report)]
+        lines.append(
+            "journal: no problems found"
+            if not journal
+            else "journal problems:\n" + "\n".join(f"  {p}" for p in journal)
+        )
+        return "\n".join(lines)
+
+    emit(data, as_json, text)
+    if not report.ok or journal:
+        total = len(report.problems) + len(journal)
+        raise IntegrityError(f"check found {total} problems")
 
 
 @click.command("sync")

@@ -77,7 +77,7 @@ from typing import IO, Any, NamedTuple
 
 import ijson
 
-from vaultstore import faults
+from vaultstore import durable, faults
 from vaultstore.compat.jsformat import (
     MAX_SAFE,
     dumps_compact,
@@ -298,7 +298,7 @@ def _write(
         os.chmod(out.path, 0o600)
         faults.point("legacy.write.before-rename")
         os.replace(out.path, target)
-        _fsync_dir(directory)
+        durable.fsync_dir(directory)
         faults.point("legacy.write.after-rename")
         log.info(
             "wrote legacy backup %s: %d wallets, %d lifecycle, %d balance lists",
@@ -387,14 +387,6 @@ def _assemble(
     hasher.update(b'},"checksum":""}')
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------
 # Reader
 # --------------------------------------------------------------------------
@@ -476,7 +468,6 @@ class _Guard:
                 f"{self.name}: JSON nested deeper than {MAX_NESTING} levels "
                 f"(before byte {self.offset})"
             )
-
 
     def _check_numbers(self, stripped: bytes) -> None:
         """Refuse a number literal of more than MAX_NUMBER_DIGITS digits."""

@@ -25,17 +25,16 @@ directory stay decryptable.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vaultstore import faults
+from vaultstore import durable
 from vaultstore.compat.legacy import write_legacy
 from vaultstore.crypto.legacy import encrypt_legacy_seed, new_salt
-from vaultstore.errors import InputError, LocalIOError, NotFoundError
+from vaultstore.errors import InputError, NotFoundError
 from vaultstore.model import Record, decode_record
 from vaultstore.ops.verifyjson import SALT_FILE, load_salt
 
@@ -81,17 +80,9 @@ def salt_beside(path: Path) -> tuple[bytes, Path]:
     salt = new_salt()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = salt_path.with_name(f".{SALT_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, salt)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        faults.point("legacy.salt.before-rename")
-        os.replace(tmp, salt_path)
     except OSError as exc:
-        raise LocalIOError(f"cannot write {salt_path}: {exc.strerror}") from exc
+        raise durable.io_error(str(salt_path), exc) from exc
+    durable.write_atomic(salt_path, salt, fault="legacy.salt.before-rename")
     return salt, salt_path
 
 

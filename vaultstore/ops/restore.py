@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaultstore import faults
+from vaultstore import durable, faults
 from vaultstore.crypto.derive import verify_wallets
 from vaultstore.crypto.envelope import open_seed
 from vaultstore.errors import AddressMismatchError, IntegrityError, MisuseError
@@ -308,34 +308,15 @@ def _staging_dir(target: Path) -> Path:
 
 def _swap_into_place(staging: Path, target: Path, replace: bool) -> None:
     """Atomically move the staged vault to ``target`` (replacing it if asked)."""
-    _fsync_tree(staging)
+    durable.fsync_tree(staging)
     if target.exists():
         if not replace:
             raise MisuseError(f"target {target} exists; pass --replace to replace it")
         old = target.parent / f".{target.name}.old-{os.urandom(4).hex()}"
         os.rename(target, old)
         os.rename(staging, target)
-        _fsync_dir(target.parent)
+        durable.fsync_dir(target.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, target)
-        _fsync_dir(target.parent)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        durable.fsync_dir(target.parent)

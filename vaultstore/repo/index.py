@@ -17,13 +17,13 @@ on open, and packs no longer in the store are dropped.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import blake3
 import msgpack
 
-from vaultstore.errors import IntegrityError, LocalIOError
+from vaultstore import durable
+from vaultstore.errors import IntegrityError
 from vaultstore.repo.objects import ObjectCodec
 from vaultstore.repo.pack import TocEntry, pack_id_from_name, read_toc
 from vaultstore.store.base import Store
@@ -88,7 +88,17 @@ class Index:
             return False
         try:
             self._decode(data)
-        except (IntegrityError, ValueError, TypeError, msgpack.ExtraData) as exc:
+        except (
+            IntegrityError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            OverflowError,
+            msgpack.ExtraData,
+        ) as exc:
+            # The cache is rebuildable: any damage, whatever its shape, means
+            # "rebuild from the pack tables", never a crash.
             log.warning(
                 "index %s is damaged (%s); rebuilding",
                 self.path,
@@ -113,7 +123,7 @@ class Index:
             raise IntegrityError("index refers to an unknown pack")
 
     def save(self) -> None:
-        """Write atomically (temp, fsync, rename). Raises LocalIOError."""
+        """Write atomically (temp, fsync, rename, dir fsync). Raises LocalIOError."""
         if self.path is None or not self.dirty:
             return
         body = (
@@ -125,26 +135,13 @@ class Index:
             )
         )
         data = body + blake3.blake3(body).digest()
-        # A name of its own: two processes may save the same vault's index.
-        tmp = self.path.with_name(
-            f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}"
-        )
+        # write_atomic picks a unique temporary name: two processes may save
+        # the same vault's index.
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise LocalIOError(
-                f"cannot write index {self.path}: {exc.strerror}"
-            ) from exc
+            raise durable.io_error(f"index {self.path}", exc) from exc
+        durable.write_atomic(self.path, data, what=f"index {self.path}")
         self.dirty = False
 
     def sync(self, store: Store, codec: ObjectCodec) -> list[tuple[bytes, str]]:

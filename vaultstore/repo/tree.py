@@ -102,7 +102,9 @@ def decode_entries(plaintext: bytes, what: str) -> list[Entry]:
                 batch = table[ref]
                 if not isinstance(batch, bytes) or len(batch) != ID_SIZE:
                     raise TypeError
-                out.append((agent_id, batch, int(slot)))
+                if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
+                    raise TypeError
+                out.append((agent_id, batch, slot))
     except (TypeError, ValueError, IndexError) as exc:
         raise IntegrityError(f"{what} has a malformed entry") from exc
     return out
