@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import blake3
@@ -34,7 +35,7 @@ def test_export_salt_temporary_is_removed_when_the_disk_is_full(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(exportjson.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(LocalIOError):
         exportjson.salt_beside(tmp_path / "backup.json")
     monkeypatch.undo()

@@ -27,7 +27,7 @@ from vaultstore.errors import BalanceSourceError, InputError, IntegrityError
 from vaultstore.model import Record, encode_record
 from vaultstore.reconcile import MISMATCH_MESSAGE, live_records, reconcile
 
-VECTOR = Path(__file__).resolve().parent.parent.parent / "shared/compat/vectors"
+VECTOR = Path(__file__).resolve().parent / "data"  # copies of the golden vectors
 TOKEN = "0x" + "ab" * 20
 BIG = 2**64 + 12345  # survives only as an integer, never as a float
 

@@ -81,7 +81,7 @@ def salt_beside(path: Path) -> tuple[bytes, Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise durable.io_error(str(salt_path), exc) from exc
+        raise durable.io_error(str(salt_path), exc, path=str(salt_path)) from exc
     durable.write_atomic(salt_path, salt, fault="legacy.salt.before-rename")
     return salt, salt_path
 

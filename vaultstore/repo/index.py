@@ -140,7 +140,9 @@ class Index:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise durable.io_error(f"index {self.path}", exc) from exc
+            raise durable.io_error(
+                f"index {self.path}", exc, path=str(self.path)
+            ) from exc
         durable.write_atomic(self.path, data, what=f"index {self.path}")
         self.dirty = False
 

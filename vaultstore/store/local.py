@@ -34,7 +34,6 @@ and nothing new is visible under the final name.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import secrets
@@ -42,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaultstore import faults
+from vaultstore import durable, faults
 from vaultstore.errors import (
     LocalIOError,
     ObjectExistsError,
@@ -56,16 +55,12 @@ TEMP_PREFIX = ".tmp-"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 _READ_CHUNK = 1 << 20
-_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+_FULL_DISK = durable.FULL_DISK
 
 
-def fsync_directory(path: str) -> None:
-    """fsync a directory so the entries created or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+#: fsync a directory so the entries created or removed in it are durable
+#: (the one shared implementation, :func:`vaultstore.durable.fsync_dir`).
+fsync_directory = durable.fsync_dir
 
 
 @dataclass
