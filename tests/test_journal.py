@@ -471,3 +471,25 @@ def test_create_recovers_from_an_empty_file_left_by_a_crash(vault: Path) -> None
         Journal.open(vault)
     with Journal.create(vault) as j:
         assert j.last_lsn() == 0
+
+
+def test_an_interrupted_write_is_reported_when_the_journal_opens(
+    jr: Journal, vault: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    jr.append(many(3))
+    assert not (vault / "journal.pending").exists()  # removed after commit
+    last = jr.last_lsn()
+    jr.close()
+    # What a writer killed before its commit leaves behind.
+    (vault / "journal.pending").write_text(str(last))
+    with caplog.at_level("WARNING", logger="vaultstore.journal"):
+        Journal.open(vault).close()
+    assert any(r.event == "journal.torn-write-dropped" for r in caplog.records)
+    assert not (vault / "journal.pending").exists()
+
+    # A marker left by a write that did commit is not a dropped write.
+    (vault / "journal.pending").write_text(str(last - 1))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vaultstore.journal"):
+        Journal.open(vault).close()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

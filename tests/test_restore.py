@@ -319,3 +319,17 @@ def test_a_restored_vault_continues_the_same_chain(
     done = run(source.env(), "restore", "latest", "--target", str(again))
     assert done.returncode == 0, done.stderr
     assert restored_digest(again) == expected
+
+
+def test_the_config_files_password_source_is_used(
+    source: Source, tmp_path: Path
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    config = tmp_path / "vaultstore.toml"
+    config.write_text(f'password_file = "{secret}"\n')
+    env = source.env(VAULTSTORE_CONFIG=str(config))
+    del env["VAULTSTORE_PASSWORD"]
+    target = tmp_path / "from-config"
+    done = run(env, "restore", "latest", "--target", str(target), "--dry-run")
+    assert done.returncode == 0, done.stderr

@@ -71,7 +71,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
-from vaultstore import faults
+from vaultstore import durable, faults
 from vaultstore.errors import (
     InputError,
     IntegrityError,
@@ -103,6 +103,7 @@ log = logging.getLogger(__name__)
 FORMAT = "vaultstore-journal"
 VERSION = 1
 DB_NAME = "journal.db"
+PENDING_NAME = "journal.pending"  # marker of a write in progress
 EVENT_KINDS = ("wallet", "lifecycle", "balances", "remove")
 RESERVED_META = frozenset(
     {"format", "version", "last_lsn", "base_lsn", "digest", "counts"}
@@ -436,10 +437,44 @@ class Journal(_Reader):
         journal = cls(conn, db)
         try:
             journal._check_format()
+            journal._notice_torn_write()
         except BaseException:
             conn.close()
             raise
         return journal
+
+    def _notice_torn_write(self) -> None:
+        """Warn about a write that was interrupted before it was acknowledged.
+
+        SQLite drops an uncommitted (torn) tail of the log silently when it
+        opens; the writer's marker file tells us it happened. A marker whose
+        LSN is below the current one belongs to a write that did commit (the
+        process died before removing it). A live writer holds the write lock,
+        so its marker is left alone.
+        """
+        pending = self.path.with_name(PENDING_NAME)
+        if not pending.exists():
+            return
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return  # another process is writing right now
+        finally:
+            self._conn.execute("PRAGMA busy_timeout = 10000")
+        try:
+            raw = pending.read_bytes().strip()
+            started = int(raw) if raw.isdigit() else -1
+            if started == self.last_lsn():
+                log.warning(
+                    "the last write to journal %s was interrupted before it was "
+                    "acknowledged; its events were dropped (rerun that ingest)",
+                    self.path,
+                    extra={"event": "journal.torn-write-dropped", "lastLsn": started},
+                )
+            pending.unlink(missing_ok=True)
+        finally:
+            self._conn.execute("ROLLBACK")
 
     def _init_schema(self, meta: dict[str, bytes]) -> None:
         def run() -> None:
@@ -532,7 +567,11 @@ class Journal(_Reader):
         """
         _guard(self.path, lambda: self._conn.execute("BEGIN IMMEDIATE"))
         writer = Writer(self, legacy)
+        pending = self.path.with_name(PENDING_NAME)
         try:
+            # With the write lock held: a marker that outlives this block
+            # means the write was interrupted (see _notice_torn_write).
+            durable.write_atomic(pending, str(writer.lsn).encode())
             yield writer
             writer._finish()
             faults.point("journal.commit.before")
@@ -543,8 +582,10 @@ class Journal(_Reader):
                     self._conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     log.warning("rollback failed", extra={"event": "journal.rollback"})
+            pending.unlink(missing_ok=True)
             raise
         faults.point("journal.commit.after")
+        pending.unlink(missing_ok=True)
         self._fix_modes()
         if writer.applied:
             log.info(

@@ -47,11 +47,18 @@ class Settings:
 
 
 def read_password(settings: Settings, purpose: str, confirm: bool) -> str:
-    """Environment, then --password-file, --password-command, then a prompt."""
+    """Environment, --password-file, --password-command, the config file's
+    password source, then a prompt."""
     for name in PASSWORD_ENV_VARS:
         value = os.environ.get(name)
         if value:
             return value
+    if settings.password_file is None and not settings.password_command:
+        from vaultstore.config import load_config
+
+        config = load_config(config_path(settings))
+        settings.password_file = config.password_file
+        settings.password_command = config.password_command
     if settings.password_file is not None:
         try:
             return settings.password_file.read_text(encoding="utf-8").rstrip("\r\n")
