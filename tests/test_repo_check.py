@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from repo_fakejournal import DictStore, FakeJournal  # noqa: E402
 
-from vaultstore.errors import IntegrityError, VaultstoreError  # noqa: E402
+from vaultstore.errors import IntegrityError  # noqa: E402
 from vaultstore.repo.manifest import HEADER, SHA_SIZE  # noqa: E402
 from vaultstore.repo.repository import Repository  # noqa: E402
 
@@ -84,7 +84,9 @@ def test_flip_in_config_or_keyfile_refused_at_open(tmp_path: Path) -> None:
         damaged = bytearray(original)
         damaged[len(original) // 2] ^= 1
         store.data[name] = bytes(damaged)
-        with pytest.raises(VaultstoreError):
+        # Damage, never a "not found" or an I/O error: a flipped key file is
+        # told apart from a wrong password before any KDF runs.
+        with pytest.raises(IntegrityError):
             Repository.open(store, PASSWORD, None, "test").check()
         store.data[name] = original
 

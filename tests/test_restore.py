@@ -333,3 +333,73 @@ def test_the_config_files_password_source_is_used(
     target = tmp_path / "from-config"
     done = run(env, "restore", "latest", "--target", str(target), "--dry-run")
     assert done.returncode == 0, done.stderr
+
+
+def test_after_restoring_an_older_snapshot_the_chain_is_not_forked(
+    source: Source, tmp_path: Path
+) -> None:
+    target = tmp_path / "older"
+    done = run(source.env(), "restore", "1", "--target", str(target))
+    assert done.returncode == 0, done.stderr
+    env = source.env(VAULTSTORE_VAULT=str(target))
+    with Vault.open(target, "test") as vault:
+        vault.journal.append([lifecycle("agent-0000020", "active", activatedAt=6)])
+        expected = vault.journal.state_digest()
+    # A new vault identity: an incremental has no parent of its own yet.
+    refused = run(env, "backup", "--incremental")
+    assert refused.returncode == 2, refused.stderr
+    assert run(env, "backup", "--full").returncode == 0
+    assert run(env, "backup", "--incremental").returncode == 0
+    again = tmp_path / "again"
+    done = run(source.env(), "restore", "latest", "--target", str(again))
+    assert done.returncode == 0, done.stderr
+    assert restored_digest(again) == expected
+
+
+def test_a_second_copy_of_the_vault_cannot_chain_on_the_firsts_snapshots(
+    source: Source, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    assert run(source.env(), "restore", "--target", str(copy)).returncode == 0
+    source.append([lifecycle("agent-0000021", "active", activatedAt=7)])
+    source.backup("incremental", 1_800_000_300_000)  # the original moves on
+    env = source.env(VAULTSTORE_VAULT=str(copy))
+    refused = run(env, "backup", "--incremental")
+    assert refused.returncode == 2 and "copy of the vault" in refused.stderr
+    assert run(env, "backup", "--full").returncode == 0
+
+
+def test_a_replacing_restore_killed_between_its_renames_is_repaired(
+    source: Source, tmp_path: Path
+) -> None:
+    target = tmp_path / "live"
+    assert run(source.env(), "restore", "1", "--target", str(target)).returncode == 0
+    killed = run(
+        source.env(VAULTSTORE_FAULT_POINT="restore.between-renames"),
+        "restore",
+        "--target",
+        str(target),
+        "--replace",
+    )
+    assert killed.returncode == -9
+    assert not target.exists() and (tmp_path / ".live.old").exists()
+    # The next restore puts the old vault back first, then replaces it.
+    refused = run(source.env(), "restore", "--target", str(target))
+    assert refused.returncode == 2  # the target is back, and exists
+    assert restored_digest(target) == source.digests[0]
+    done = run(source.env(), "restore", "--target", str(target), "--replace")
+    assert done.returncode == 0, done.stderr
+    assert restored_digest(target) == source.digests[-1]
+    assert not (tmp_path / ".live.old").exists()
+
+
+def test_the_restored_vault_keeps_rollback_protection(
+    source: Source, tmp_path: Path
+) -> None:
+    target = tmp_path / "guarded"
+    assert run(source.env(), "restore", "--target", str(target)).returncode == 0
+    env = source.env(VAULTSTORE_VAULT=str(target))
+    newest = source.repo_dir / "snapshots" / "0000000003"
+    newest.rename(tmp_path / "withheld")  # an attacker hides the newest snapshot
+    listed = run(env, "snapshots")
+    assert listed.returncode == 3 and "rolled back" in listed.stderr

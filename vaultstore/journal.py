@@ -27,6 +27,12 @@ once the call that made it returns. Format ``vaultstore-journal`` version 1
     replay(events) — the check :meth:`Journal.verify_projection` makes. For
     agents unchanged since the base that check compares a row with itself; the
     record hashes, the stored digest and counts still cover those rows.
+``journal.pending`` (beside the database)
+    A marker holding the LSN before the transaction in progress, written
+    (durably) when a write transaction starts and removed when it ends. Found
+    on open with that LSN still current, it means a write was interrupted
+    before it was acknowledged: SQLite drops such a torn tail silently, so the
+    journal logs ``journal.torn-write-dropped`` instead.
 ``meta(key PRIMARY KEY, value BLOB)``
     ``last_lsn`` (the LSN counter: it only grows, even when the log is
     truncated), ``base_lsn``, ``digest`` (32-byte multiset state digest, kept
@@ -458,7 +464,7 @@ class Journal(_Reader):
         try:
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
+        except sqlite3.Error:
             return  # another process is writing right now
         finally:
             self._conn.execute("PRAGMA busy_timeout = 10000")
@@ -473,6 +479,13 @@ class Journal(_Reader):
                     extra={"event": "journal.torn-write-dropped", "lastLsn": started},
                 )
             pending.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(
+                "cannot read or remove %s: %s",
+                pending,
+                exc.strerror,
+                extra={"event": "journal.pending-unreadable"},
+            )
         finally:
             self._conn.execute("ROLLBACK")
 
@@ -878,7 +891,7 @@ class Writer:
         self._cache[agent_id] = new
         self._dirty[agent_id] = self.lsn
         self.applied += 1
-        if len(self._cache) >= FLUSH_EVENTS:
+        if len(self._cache) >= FLUSH_EVENTS or len(self._events) >= FLUSH_EVENTS:
             self._flush_guarded()
         return self.lsn
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import IO, Any
@@ -44,6 +45,8 @@ def configure(level: str = "info", log_file: str | None = None) -> None:
     """Send vaultstore's logs as JSON lines to stderr or to ``log_file``."""
     stream: IO[str]
     if log_file:
+        # Created 0600 whatever the umask: logs name agents and files.
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
     else:
         stream = sys.stderr

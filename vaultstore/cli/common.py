@@ -7,6 +7,7 @@ below take plain values (paths, bytes, settings), never click objects.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from vaultstore.store.base import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 PASSWORD_ENV_VARS = ("VAULTSTORE_PASSWORD", "WALLET_BACKUP_PASSWORD")
 
@@ -60,6 +62,7 @@ def read_password(settings: Settings, purpose: str, confirm: bool) -> str:
         settings.password_file = config.password_file
         settings.password_command = config.password_command
     if settings.password_file is not None:
+        _warn_if_readable_by_others(settings.password_file)
         try:
             return settings.password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
@@ -78,6 +81,20 @@ def read_password(settings: Settings, purpose: str, confirm: bool) -> str:
             f"Enter {purpose}", hide_input=True, confirmation_prompt=confirm, err=True
         )
     )
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # the read below reports it
+    if mode & 0o077:
+        log.warning(
+            "password file %s can be read by other users (mode %o); chmod 600 it",
+            path,
+            mode & 0o777,
+            extra={"event": "password.file-permissions", "path": str(path)},
+        )
 
 
 def _password_from_command(command: str) -> str:

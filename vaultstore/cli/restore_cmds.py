@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from vaultstore.cli.common import (
+    destinations,
     emit,
     json_option,
     kdf_profile,
@@ -77,6 +78,7 @@ def restore_command(
             replace=replace,
             verify_addresses=verify_addresses,
             kdf_profile=kdf_profile(),
+            extra_meta={"repository_url": destinations(ctx)[0].url.encode("utf-8")},
         )
     data = report.as_dict()
     emit(data, as_json, lambda: _restore_text(data))

@@ -36,10 +36,22 @@ from typing import Any
 from vaultstore import durable, faults
 from vaultstore.crypto.derive import verify_wallets
 from vaultstore.crypto.envelope import open_seed
-from vaultstore.errors import AddressMismatchError, IntegrityError, MisuseError
+from vaultstore.errors import (
+    AddressMismatchError,
+    IntegrityError,
+    MisuseError,
+    NotFoundError,
+)
 from vaultstore.journal import Journal
+from vaultstore.locks import VaultLock
 from vaultstore.model import decode_record, record_hash
-from vaultstore.repo.repository import VAULT_ID_META, Repository
+from vaultstore.repo.manifest import Manifest
+from vaultstore.repo.repository import (
+    HWM_PREFIX,
+    LAST_SNAPSHOT_PREFIX,
+    VAULT_ID_META,
+    Repository,
+)
 from vaultstore.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -79,8 +91,16 @@ def restore(
     replace: bool = False,
     verify_addresses: str = "sample",
     kdf_profile: str = "production",
+    extra_meta: dict[str, bytes] | None = None,
 ) -> RestoreReport:
     """Restore snapshot ``spec`` (an id, a sequence, or ``latest``) into ``target``.
+
+    ``extra_meta`` is stored in the restored vault's journal (the CLI passes
+    the repository location). The restored vault also remembers the
+    repository's newest sequence (rollback protection) and, when the snapshot
+    is its vault's newest, that vault's identity and last snapshot, so its
+    next backup continues the chain; restoring an older snapshot makes a new
+    vault identity, whose first backup must be a full.
 
     Raises:
         IntegrityError: a manifest, object, digest or chain link is wrong.
@@ -93,12 +113,16 @@ def restore(
             f"--verify-addresses must be one of {', '.join(VERIFY_MODES)}"
         )
     target = target.absolute()
+    _recover_interrupted_swap(target)
     if target.exists() and not replace and not dry_run:
         raise MisuseError(f"target {target} exists; pass --replace to replace it")
+    if not target.parent.is_dir():
+        raise NotFoundError(f"the parent directory of {target} does not exist")
 
     timer = _Timer()
     chain = timer.run("verify-chain", lambda: repo.resolve(spec, at_ms=at_ms))
     head = chain[-1]
+    meta = _vault_meta(repo, head, extra_meta)
     mnemonic = timer.run(
         "open-seed", lambda: open_seed(head.seed_envelope, password, kdf_profile)
     )
@@ -115,10 +139,10 @@ def restore(
         if dry_run:
             digest = timer.run("read-records", counted.drain_with_digest)
         else:
-            staging.mkdir(mode=0o700)
+            _io(f"restore staging directory {staging}", lambda: staging.mkdir(0o700))
             digest = timer.run(
                 "write-journal",
-                lambda: _load_journal(staging, counted, head.lsn_end, head.vault),
+                lambda: _load_journal(staging, counted, head.lsn_end, meta),
             )
         _check_digest(digest, head.digest_after, head.id)
         report.agents = counted.count
@@ -132,7 +156,13 @@ def restore(
                 lambda: Vault.adopt(staging, password, mnemonic, kdf_profile),
             )
             faults.point("restore.before-swap")
-            timer.run("swap", lambda: _swap_into_place(staging, target, replace))
+            timer.run(
+                "swap",
+                lambda: _io(
+                    f"restore target {target}",
+                    lambda: _swap_into_place(staging, target, replace),
+                ),
+            )
             faults.point("restore.after-swap")
     finally:
         if staging.exists():
@@ -261,23 +291,46 @@ class _CountingChunks:
         return (total % (1 << 256)).to_bytes(32, "big")
 
 
+def _vault_meta(
+    repo: Repository, head: Manifest, extra: dict[str, bytes] | None
+) -> dict[str, bytes]:
+    """Journal meta of the restored vault (see :func:`restore`)."""
+    meta = dict(extra or {})
+    meta[HWM_PREFIX + repo.id] = str(max(repo.newest_seq(), head.seq)).encode()
+    try:
+        own = repo.latest_of(head.vault) if head.vault else None
+    except IntegrityError:
+        # A damaged newer manifest: do not claim the chain; a full starts anew.
+        own = None
+    if own is not None and own.id == head.id:
+        meta[VAULT_ID_META] = head.vault.encode("ascii")
+        meta[LAST_SNAPSHOT_PREFIX + repo.id] = head.id.encode("ascii")
+    return meta
+
+
 def _load_journal(
-    staging: Path, counted: _CountingChunks, lsn: int, vault_id: str
+    staging: Path, counted: _CountingChunks, lsn: int, meta: dict[str, bytes]
 ) -> bytes:
     """Write the new journal; returns the state digest of the records it holds.
 
     The digest is the one the load computed over the very bytes it inserted
-    (``Journal.state_digest``), so each record is hashed once, not twice. The
-    restored vault keeps the snapshot's vault identity, so its next backup
-    chains on the snapshot it was restored from.
+    (``Journal.state_digest``), so each record is hashed once, not twice.
     """
     journal = Journal.bulk_load(staging, counted.records(), lsn)
     try:
-        if vault_id:
-            journal.set_meta(VAULT_ID_META, vault_id.encode("ascii"))
+        for key, value in meta.items():
+            journal.set_meta(key, value)
         return journal.state_digest()
     finally:
         journal.close()
+
+
+def _io(what: str, action: Callable[[], Any]) -> Any:
+    """Run a filesystem step; an OSError becomes one clear LocalIOError."""
+    try:
+        return action()
+    except OSError as exc:
+        raise durable.io_error(what, exc) from exc
 
 
 def _check_digest(actual: bytes, expected: bytes, snapshot_id: str) -> None:
@@ -306,17 +359,50 @@ def _staging_dir(target: Path) -> Path:
     return target.parent / f".{target.name}.restore-{token}"
 
 
-def _swap_into_place(staging: Path, target: Path, replace: bool) -> None:
-    """Atomically move the staged vault to ``target`` (replacing it if asked)."""
-    durable.fsync_tree(staging)
+def _old_dir(target: Path) -> Path:
+    return target.parent / f".{target.name}.old"
+
+
+def _recover_interrupted_swap(target: Path) -> None:
+    """Finish or undo a replacing restore that was killed between its renames.
+
+    The old vault is set aside under a fixed name; if the target is missing it
+    goes back into place, if the target exists the set-aside copy is removed.
+    """
+    old = _old_dir(target)
+    if not old.exists():
+        return
     if target.exists():
-        if not replace:
-            raise MisuseError(f"target {target} exists; pass --replace to replace it")
-        old = target.parent / f".{target.name}.old-{os.urandom(4).hex()}"
-        os.rename(target, old)
-        os.rename(staging, target)
-        durable.fsync_dir(target.parent)
         shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    os.rename(old, target)
+    durable.fsync_dir(target.parent)
+    log.warning(
+        "an interrupted restore had set %s aside; it is back in place",
+        target,
+        extra={"event": "restore.recovered", "target": str(target)},
+    )
+
+
+def _swap_into_place(staging: Path, target: Path, replace: bool) -> None:
+    """Atomically move the staged vault to ``target`` (replacing it if asked).
+
+    Replacing holds the old vault's lock, so no ingest or backup is writing to
+    it while it is set aside; a kill between the two renames is repaired by
+    the next restore (:func:`_recover_interrupted_swap`).
+    """
+    durable.fsync_tree(staging)
+    if not target.exists():
         os.rename(staging, target)
         durable.fsync_dir(target.parent)
+        return
+    if not replace:
+        raise MisuseError(f"target {target} exists; pass --replace to replace it")
+    old = _old_dir(target)
+    with VaultLock(target, "restore --replace").acquire():
+        os.rename(target, old)
+        durable.fsync_dir(target.parent)
+        faults.point("restore.between-renames")
+        os.rename(staging, target)
+        durable.fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)

@@ -45,6 +45,10 @@ ID_BYTES = 32
 Location = tuple[int, int, int, int]  # pack number, kind, offset, length
 
 
+class _OlderIndex(Exception):
+    """An index in an older cache format: rebuilt, not damaged."""
+
+
 class Index:
     """In-memory object index with load, save and sync against the store."""
 
@@ -97,6 +101,15 @@ class Index:
             return False
         try:
             self._decode(data)
+        except _OlderIndex as exc:
+            log.info(
+                "index %s: %s; rebuilding",
+                self.path,
+                exc,
+                extra={"event": "repo.index.upgrade"},
+            )
+            self.packs, self._pack_numbers, self.objects = [], {}, {}
+            return False
         except (
             IntegrityError,
             ValueError,
@@ -122,8 +135,10 @@ class Index:
         body, check = data[:-32], data[-32:]
         if len(data) < 38 or blake3.blake3(body).digest() != check:
             raise IntegrityError("index checksum mismatch")
-        if body[:5] != MAGIC or body[5] != VERSION:
-            raise IntegrityError("index magic or version unknown")
+        if body[:5] != MAGIC:
+            raise IntegrityError("index magic unknown")
+        if body[5] != VERSION:
+            raise _OlderIndex(f"index format {body[5]}, this build writes {VERSION}")
         packs, oids, raw_locations = msgpack.unpackb(body[6:], raw=False)
         if len(oids) % ID_BYTES or len(raw_locations) != len(oids) // ID_BYTES * 32:
             raise IntegrityError("index columns do not line up")

@@ -99,6 +99,14 @@ CONFIG_NAME = "config"
 CONFIG_MAGIC = b"VSCONF"
 FORMAT_VERSION = 1
 HWM_PREFIX = "repo_hwm:"
+# The last snapshot this vault copy took or was restored from, per repository:
+# if the vault's newest snapshot in the repository is another one, a second
+# copy of the vault (restored elsewhere, or from an older snapshot) moved its
+# chain on, and this copy must not build on it.
+LAST_SNAPSHOT_PREFIX = "last_snapshot:"
+# Written just before each publication attempt, so a crash between the
+# manifest write and the LAST_SNAPSHOT update is not mistaken for another copy.
+PENDING_SNAPSHOT_PREFIX = "pending_snapshot:"
 BATCH_CACHE = 64
 PACK_CACHE = 2
 
@@ -352,6 +360,39 @@ class Repository:
                 seen=hwm,
             )
         return latest
+
+    def _own_parent(self, journal: Any, vault_id: str, kind: str) -> Manifest | None:
+        """This vault's newest snapshot, if this copy of the vault took it.
+
+        Raises:
+            MisuseError: an incremental whose parent another copy of the vault
+                took; a full then starts from scratch instead.
+        """
+        parent = self.latest_of(vault_id)
+        raw = journal.get_meta(LAST_SNAPSHOT_PREFIX + self.id)
+        pending = journal.get_meta(PENDING_SNAPSHOT_PREFIX + self.id)
+        mine = {bytes(v).decode() for v in (raw, pending) if v is not None}
+        if parent is None or raw is None or parent.id in mine:
+            return parent
+        if kind == INCREMENTAL:
+            raise MisuseError(
+                f"the newest snapshot of this vault ({parent.id[:16]}, sequence "
+                f"{parent.seq}) was not taken by this copy of the vault (was it "
+                "restored elsewhere, or from an older snapshot?); take a --full "
+                "backup"
+            )
+        log.warning(
+            "snapshot %s was taken by another copy of this vault; the full "
+            "backup starts from scratch",
+            parent.id[:16],
+            extra={"event": "repo.backup.foreign-parent", "snapshot": parent.id},
+        )
+        return None
+
+    def newest_seq(self) -> int:
+        """The highest snapshot sequence in the repository (0 if none); no decode."""
+        seqs = self._seqs()
+        return seqs[-1] if seqs else 0
 
     def latest_of(self, vault_id: str) -> Manifest | None:
         """The newest snapshot taken by vault ``vault_id`` (after the rollback check).
@@ -616,7 +657,7 @@ class Repository:
         with journal.read_view() as view:
             # Every read goes through the view: one consistent LSN for the run.
             reader: JournalLike = view if view is not None else journal
-            parent = self.latest_of(vault_id)
+            parent = self._own_parent(journal, vault_id, kind)
             if kind == INCREMENTAL and parent is None:
                 raise MisuseError("no snapshot yet: the first backup must be --full")
             lsn_end = reader.last_lsn()
@@ -649,6 +690,7 @@ class Repository:
             vault=vault_id,
         )
         self._commit(manifest, parent)
+        journal.set_meta(LAST_SNAPSHOT_PREFIX + self.id, manifest.id.encode("ascii"))
         result = BackupResult(
             snapshot=manifest.id,
             type=kind,
@@ -678,6 +720,10 @@ class Repository:
         manifest.seq = (seqs[-1] if seqs else 0) + 1
         for _ in range(8):
             data = self.manifests.encode(manifest)
+            if self.meta is not None:
+                self.meta.set_meta(
+                    PENDING_SNAPSHOT_PREFIX + self.id, manifest.id.encode("ascii")
+                )
             faults.point("repo.manifest.before-write")
             try:
                 self.store.put(manifest_name(manifest.seq), data)
