@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -20,6 +22,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.reliability(24, 25)
 def test_the_log_file_is_private_and_loose_password_files_are_named(
     tmp_path: Path,
 ) -> None:
@@ -44,3 +47,27 @@ def test_the_log_file_is_private_and_loose_password_files_are_named(
     ]
     assert "password.file-permissions" in events
     assert "Loose-Password-File-1!" not in log_file.read_text()
+
+
+@pytest.mark.reliability(25)
+def test_strict_refuses_loose_permissions_and_names_them(tmp_path: Path) -> None:
+    vault = tmp_path / "v"
+    repo = tmp_path / "repo"
+    env = dict(
+        os.environ,
+        VAULTSTORE_TESTING="1",
+        VAULTSTORE_VAULT=str(vault),
+        VAULTSTORE_REPOSITORY=str(repo),
+        VAULTSTORE_PASSWORD="Strict-Mode-Passw0rd!",
+    )
+    assert run(env, "init").returncode == 0
+    assert run(env, "--strict", "status").returncode == 0  # 0700 / 0600: fine
+    os.chmod(vault, 0o755)
+    keys = sorted((repo / "keys").iterdir())
+    os.chmod(keys[0], 0o644)
+    refused = run(env, "--strict", "status")
+    assert refused.returncode == 2
+    assert str(vault) in refused.stderr and str(keys[0]) in refused.stderr
+    warned = run(env, "snapshots")  # opens the vault, which warns
+    assert warned.returncode == 0
+    assert "vault.loose-permissions" in warned.stderr

@@ -259,3 +259,46 @@ def open_repository(
         raise NotFoundError(f"no vault at {s.vault}: run `vaultstore init` first")
     with tempfile.TemporaryDirectory(prefix="vaultstore-cache-") as cache:
         yield Repository.open(store, password, Path(cache), kdf_profile())
+
+
+def loose_paths(ctx: click.Context) -> list[str]:
+    """Private files and directories that others can read or enter.
+
+    The vault (directory, key file, journal), the password file, and a local
+    repository's root and key files. Other users must not read any of them.
+    """
+    s = settings(ctx)
+    candidates = [s.vault, s.vault / "keyfile", s.vault / "journal.db"]
+    if s.password_file is not None:
+        candidates.append(s.password_file)
+    try:
+        primary = destinations(ctx)[0]
+    except (MisuseError, NotFoundError):
+        primary = None
+    if primary is not None and primary.kind == "local":
+        root = Path(primary.url.removeprefix("file://"))
+        candidates.append(root)
+        keys = root / "keys"
+        if keys.is_dir():
+            candidates += [keys, *sorted(keys.iterdir())]
+    loose = []
+    for path in candidates:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o077:
+            loose.append(f"{path} (mode {mode:o})")
+    return loose
+
+
+def check_permissions(ctx: click.Context) -> None:
+    """``--strict``: refuse to run while private paths are open to others.
+
+    (Without it, opening the vault and reading a password file warn.)
+    """
+    loose = loose_paths(ctx)
+    if loose:
+        raise MisuseError(
+            "--strict: readable by other users: " + ", ".join(loose) + "; chmod them"
+        )

@@ -12,7 +12,7 @@ import click
 
 from vaultstore import __version__, faults
 from vaultstore.cli import command_modules
-from vaultstore.cli.common import Settings
+from vaultstore.cli.common import Settings, check_permissions
 from vaultstore.errors import EXIT_INTERRUPTED, VaultstoreError
 from vaultstore.logs import configure
 
@@ -64,6 +64,13 @@ log = logging.getLogger(__name__)
     help="Run this command and read the password from its stdout "
     "[env VAULTSTORE_PASSWORD_COMMAND].",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    envvar="VAULTSTORE_STRICT",
+    help="Refuse to run when the vault, key files, password file or a local "
+    "repository are readable by other users [env VAULTSTORE_STRICT].",
+)
 @click.option("--log-file", default=None, help="Write JSON-lines logs here.")
 @click.option(
     "--log-level",
@@ -80,6 +87,7 @@ def cli(
     s3_endpoint: str | None,
     password_file: Path | None,
     password_command: str | None,
+    strict: bool,
     log_file: str | None,
     log_level: str,
 ) -> None:
@@ -95,6 +103,8 @@ def cli(
         password_command=password_command,
         s3_endpoint=s3_endpoint,
     )
+    if strict:
+        check_permissions(ctx)
 
 
 def _install_fault_hook() -> None:
