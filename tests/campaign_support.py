@@ -16,10 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vaultstore.journal import Event, Journal
 from vaultstore.ops.backup import init_repository, open_repository, run_backup
@@ -100,6 +100,38 @@ def run_main(env: dict[str, str], *args: str, stdin: str | None = None) -> Resul
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def child_main(
+    env: dict[str, str], args: Sequence[str], out: int, err: int, given: int
+) -> NoReturn:
+    """In a forked child: run the real entry point on these descriptors, exit.
+
+    Never returns into pytest: the child leaves through ``os._exit`` with the
+    command's exit code (70 if it could not even start).
+    """
+    code = 70
+    try:
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.dup2(given, 0)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = ["vaultstore", *args]
+        from vaultstore.cli.main import main
+
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 def run_forked(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
     """Run the real entry point in a forked child process (no interpreter start-up).
 
@@ -118,28 +150,7 @@ def run_forked(env: dict[str, str], *args: str, stdin: str | None = None) -> Res
         given.seek(0)
         pid = os.fork()
         if pid == 0:  # the child: never returns into pytest
-            code = 70
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                os.dup2(given.fileno(), 0)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                sys.stdin = open(0, closefd=False)  # noqa: SIM115
-                os.environ.clear()
-                os.environ.update(env)
-                sys.argv = ["vaultstore", *args]
-                from vaultstore.cli.main import main
-
-                try:
-                    main()
-                    code = 0
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else 1
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            child_main(env, args, out.fileno(), err.fileno(), given.fileno())
         _, status = os.waitpid(pid, 0)
         code = (
             -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from vaultstore.errors import ObjectExistsError, ObjectMissingError
+from tests.memory_store import MemoryStore as DictStore  # noqa: F401 (re-export)
 from vaultstore.model import (
     EMPTY_DIGEST,
     Record,
@@ -85,36 +85,3 @@ def state_digest_of(records: Iterator[bytes]) -> bytes:
     for record in records:
         digest = digest_add(digest, record_hash(record))
     return digest
-
-
-class DictStore:
-    url = "memory:"
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def put(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
-        if name in self.data and not overwrite:
-            raise ObjectExistsError(f"{name} exists")
-        self.data[name] = bytes(data)
-
-    def get(self, name: str) -> bytes:
-        try:
-            return self.data[name]
-        except KeyError:
-            raise ObjectMissingError(f"{name} missing") from None
-
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return self.get(name)[offset : offset + length]
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return iter(sorted(n for n in self.data if n.startswith(prefix)))
-
-    def exists(self, name: str) -> bool:
-        return name in self.data
-
-    def size(self, name: str) -> int:
-        return len(self.get(name))
-
-    def delete(self, name: str) -> None:
-        self.data.pop(name, None)

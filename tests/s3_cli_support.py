@@ -33,6 +33,7 @@ from tests.campaign_support import (
     Result,
     balances,
     base_env,
+    child_main,
     lifecycle,
     run_forked,
     run_main,
@@ -209,29 +210,7 @@ def _meet(point: str, meeting_dir: Path, parties: int, delay: float) -> None:
 
 
 def _child_main(env: dict[str, str], args: Sequence[str], out: int, err: int) -> None:
-    import sys
-
-    code = 70
-    try:
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-        os.environ.clear()
-        os.environ.update(env)
-        sys.argv = ["vaultstore", *args]
-        from vaultstore.cli.main import main
-
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
+    child_main(env, args, out, err, os.open(os.devnull, os.O_RDONLY))
 
 
 class PrivateS3Server:

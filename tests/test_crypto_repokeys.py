@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
+from tests.memory_store import MemoryStore as DictStore
 from vaultstore.crypto import repokeys
 from vaultstore.crypto.keyfile import generate_master_key
 from vaultstore.errors import (
@@ -13,47 +12,12 @@ from vaultstore.errors import (
     IntegrityError,
     MisuseError,
     NotFoundError,
-    ObjectExistsError,
-    ObjectMissingError,
     WeakPasswordError,
     WrongPasswordError,
 )
 
 FIRST = "First-Passw0rd!-Repository"
 SECOND = "Second-Passw0rd!-Repository"
-
-
-class DictStore:
-    """The Store protocol over a dict, for unit tests."""
-
-    def __init__(self) -> None:
-        self.url = "memory://test"
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
-        if not overwrite and name in self.objects:
-            raise ObjectExistsError(f"object {name} already exists")
-        self.objects[name] = bytes(data)
-
-    def get(self, name: str) -> bytes:
-        if name not in self.objects:
-            raise ObjectMissingError(f"object {name} is missing")
-        return self.objects[name]
-
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return self.get(name)[offset : offset + length]
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return iter(sorted(n for n in self.objects if n.startswith(prefix)))
-
-    def exists(self, name: str) -> bool:
-        return name in self.objects
-
-    def size(self, name: str) -> int:
-        return len(self.get(name))
-
-    def delete(self, name: str) -> None:
-        self.objects.pop(name, None)
 
 
 @pytest.fixture
@@ -82,7 +46,7 @@ def test_a_key_file_under_a_name_that_is_not_its_hash(
     store: DictStore, master: bytes
 ) -> None:
     key_id = repokeys.add_key(store, master, FIRST, "test")
-    store.objects["keys/" + "f" * 16] = store.objects.pop("keys/" + key_id)
+    store.data["keys/" + "f" * 16] = store.data.pop("keys/" + key_id)
     with pytest.raises(IntegrityError, match="does not match its name"):
         repokeys.unlock_repository(store, FIRST, "test")
 
@@ -99,9 +63,9 @@ def test_a_damaged_key_file_is_reported_not_used(
     store: DictStore, master: bytes
 ) -> None:
     key_id = repokeys.add_key(store, master, FIRST, "test")
-    data = bytearray(store.objects["keys/" + key_id])
+    data = bytearray(store.data["keys/" + key_id])
     data[100] ^= 1
-    store.objects["keys/" + key_id] = bytes(data)
+    store.data["keys/" + key_id] = bytes(data)
     with pytest.raises(IntegrityError):
         repokeys.unlock_repository(store, FIRST, "test")
     assert "error" in repokeys.list_keys(store)[0]
@@ -128,12 +92,12 @@ def test_change_password_refuses_a_weak_one_and_writes_nothing(
     store: DictStore, master: bytes
 ) -> None:
     repokeys.add_key(store, master, FIRST, "test")
-    before = dict(store.objects)
+    before = dict(store.data)
     with pytest.raises(WeakPasswordError):
         repokeys.change_key_password(store, FIRST, "weak", "test")
     with pytest.raises(WrongPasswordError):
         repokeys.change_key_password(store, SECOND, SECOND + "x", "test")
-    assert store.objects == before
+    assert store.data == before
 
 
 def test_remove_rules(store: DictStore, master: bytes) -> None:

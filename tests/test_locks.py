@@ -8,16 +8,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.memory_store import MemoryStore
 from vaultstore.errors import (
     LockedError,
     NotFoundError,
-    ObjectExistsError,
-    ObjectMissingError,
 )
 from vaultstore.locks import (
     EXCLUSIVE,
@@ -36,41 +34,6 @@ from vaultstore.locks import (
 from vaultstore.store.local import LocalStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class MemoryStore:
-    """A minimal in-memory Store for lock tests."""
-
-    url = "memory://"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
-        if name in self.objects and not overwrite:
-            raise ObjectExistsError(f"{name} exists")
-        self.objects[name] = bytes(data)
-
-    def get(self, name: str) -> bytes:
-        try:
-            return self.objects[name]
-        except KeyError:
-            raise ObjectMissingError(f"{name} missing") from None
-
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return self.get(name)[offset : offset + length]
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return iter(sorted(n for n in self.objects if n.startswith(prefix)))
-
-    def exists(self, name: str) -> bool:
-        return name in self.objects
-
-    def size(self, name: str) -> int:
-        return len(self.get(name))
-
-    def delete(self, name: str) -> None:
-        self.objects.pop(name, None)
 
 
 def dead_pid() -> int:
