@@ -127,12 +127,13 @@ def restored_digest(target: Path) -> bytes:
 
 
 @pytest.mark.reliability(12, 14)
+@pytest.mark.parametrize("loader_min", ["0", "1000000"], ids=["loader", "inline"])
 def test_restore_on_a_fresh_machine_equals_the_source_exactly(
-    source: Source, tmp_path: Path
+    source: Source, tmp_path: Path, loader_min: str
 ) -> None:
     target = tmp_path / "restored"
     done = run(
-        source.env(),
+        source.env(VAULTSTORE_LOADER_MIN=loader_min),
         "restore",
         "latest",
         "--target",
@@ -272,21 +273,21 @@ def test_an_address_that_does_not_derive_stops_the_restore(tmp_path: Path) -> No
 
 
 @pytest.mark.reliability(1)
+@pytest.mark.parametrize("loader_min", ["0", "1000000"], ids=["loader", "inline"])
 def test_kill_at_every_restore_write_point_leaves_target_untouched(
-    source: Source, tmp_path: Path
+    source: Source, tmp_path: Path, loader_min: str
 ) -> None:
     trace = tmp_path / "points.txt"
     probe = tmp_path / "probe"
-    done = run(
-        source.env(VAULTSTORE_FAULT_LOG=str(trace)), "restore", "--target", str(probe)
-    )
+    base = source.env(VAULTSTORE_LOADER_MIN=loader_min)
+    done = run({**base, "VAULTSTORE_FAULT_LOG": str(trace)}, "restore", "--target", str(probe))
     assert done.returncode == 0, done.stderr
     points = trace.read_text().split()
     assert "restore.before-swap" in points
     for number in range(1, len(points) + 1):
         target = tmp_path / f"killed-{number}"
         killed = run(
-            source.env(VAULTSTORE_FAULT_POINT=f"*:{number}"),
+            {**base, "VAULTSTORE_FAULT_POINT": f"*:{number}"},
             "restore",
             "--target",
             str(target),

@@ -1,7 +1,13 @@
-"""Journal.bulk_load as restore drives it: chunked scans, fallbacks, durability."""
+"""Journal.bulk_load as restore drives it: chunked scans, fallbacks, durability.
+
+Every test runs twice: with SQLite in this process, and with the loader child
+process that large restores use (``LOADER_PROCESS_MIN`` set to 0).
+"""
 
 from __future__ import annotations
 
+import io
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +15,7 @@ import msgpack
 import pytest
 
 from vaultstore import journal as journal_mod
-from vaultstore.errors import IntegrityError
+from vaultstore.errors import IntegrityError, LocalIOError
 from vaultstore.journal import Journal
 from vaultstore.model import (
     EMPTY_DIGEST,
@@ -37,9 +43,14 @@ def expected_digest(datas: list[bytes]) -> bytes:
     return digest
 
 
-@pytest.fixture(autouse=True)
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, params=["in-process", "loader-process"])
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(journal_mod, "BULK_ROWS", 7)
+    if request.param == "loader-process":
+        monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 0)
+    else:
+        monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 1 << 62)
+    return str(request.param)
 
 
 def test_bulk_load_counts_hashes_and_verifies(tmp_path: Path) -> None:
@@ -114,3 +125,77 @@ def test_scan_matches_full_decode() -> None:
     agents, states = journal_mod._agents_and_states(datas)
     assert agents == [r.agent_id for r in records]
     assert states == ["suspended"] * 5
+
+
+class _Spy:
+    """Wraps ``subprocess.Popen`` to remember the loader children started."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+        real = subprocess.Popen
+
+        def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+            child = real(*args, **kwargs)
+            self.children.append(child)
+            return child
+
+        monkeypatch.setattr(journal_mod.subprocess, "Popen", popen)
+
+
+def test_a_killed_loader_fails_the_load_cleanly(
+    tmp_path: Path, loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if loader != "loader-process":
+        pytest.skip("only the loader process can be killed on its own")
+    spy = _Spy(monkeypatch)
+
+    def records() -> Any:
+        for n in range(40):
+            if n == 20:
+                spy.children[0].kill()
+                spy.children[0].wait()
+            yield encode_record(record(n))
+
+    with pytest.raises(LocalIOError, match="loader process failed"):
+        Journal.bulk_load(tmp_path / "v", records(), 5)
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == []
+
+
+def test_a_failing_reader_stops_the_loader(
+    tmp_path: Path, loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's error wins, the child is reaped, nothing is committed."""
+    if loader != "loader-process":
+        pytest.skip("covered by test_a_crash_inside_the_load_leaves_no_visible_rows")
+    spy = _Spy(monkeypatch)
+
+    def records() -> Any:
+        for n in range(30):
+            yield encode_record(record(n))
+        raise IntegrityError("batch 1234 is corrupt")
+
+    with pytest.raises(IntegrityError, match="batch 1234"):
+        Journal.bulk_load(tmp_path / "v", records(), 5)
+    assert spy.children and spy.children[0].returncode is not None
+    assert not (tmp_path / "v" / "journal.db").exists()
+
+
+def test_the_loader_exits_without_committing_when_its_input_ends_early(
+    tmp_path: Path,
+) -> None:
+    """The parent died mid-stream: EOF before ``commit`` rolls everything back."""
+    journal = Journal.create(tmp_path / "v")
+    journal.close()
+    stream = io.BytesIO(
+        msgpack.packb([["agent-00001"], [encode_record(record(1))]])
+    )
+    answer = io.BytesIO()
+    status = journal_mod.serve_bulk_load(journal.path, 9, _Buffered(stream), answer)
+    assert status == 3 and answer.getvalue() == b""
+    with Journal.open(tmp_path / "v") as reopened:
+        assert reopened.counts()["agents"] == 0 and reopened.last_lsn() == 0
+
+
+class _Buffered:
+    def __init__(self, raw: io.BytesIO) -> None:
+        self.read1 = raw.read

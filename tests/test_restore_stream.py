@@ -112,6 +112,7 @@ def test_a_leaf_pointing_past_its_batch_is_refused() -> None:
     leaf = repo_mod._Leaf([bytes(32)], ["a"], [0], [5])
     reader = object.__new__(repo_mod._StateReader)
     reader.changes = {}
+    reader._pending_uses = repo_mod.Counter()
     done: repo_mod.Future[list[bytes]] = repo_mod.Future()
     done.set_result([b"only", b"two"])
     reader._batches = {bytes(32): done}

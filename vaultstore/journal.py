@@ -68,6 +68,8 @@ import json
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -118,6 +120,7 @@ RESERVED_META = frozenset(
 # Pending rows are written with executemany every FLUSH_EVENTS events, and the
 # per-agent cache is dropped then: memory stays flat however long the run.
 FLUSH_EVENTS = 20_000
+PAGE_SIZE = 16384
 FETCH_ROWS = 1_000
 _MOD = 1 << 256
 
@@ -193,6 +196,7 @@ def _guard(path: Path, func: Callable[[], T]) -> T:
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
     try:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL").fetchone()
         conn.execute("PRAGMA synchronous=FULL")
         # A bounded page cache: a long ingest spills to the WAL, not to RAM.
@@ -684,20 +688,30 @@ class Journal(_Reader):
 
     @classmethod
     def bulk_load(
-        cls, vault_dir: Path | str, records: Iterable[bytes | Record], lsn: int
+        cls,
+        vault_dir: Path | str,
+        records: Iterable[bytes | Record],
+        lsn: int,
+        *,
+        expected: int = 0,
     ) -> Journal:
         """Create a journal whose state is ``records`` as of ``lsn`` (for restore).
 
         The records become both the projection and the base the log starts
         from; the LSN counter continues above ``lsn``. ``vault_dir`` may exist
-        but must hold no journal.
+        but must hold no journal. With ``expected`` (the number of records the
+        caller will pass) at or above :data:`LOADER_PROCESS_MIN`, SQLite's
+        inserts run in a second process (see :func:`serve_bulk_load`).
 
         Raises:
             IntegrityError: a record does not decode or an agent appears twice.
         """
         journal = cls.create(vault_dir)
         try:
-            journal._bulk_insert(records, lsn)
+            if expected >= _loader_process_min():
+                journal._bulk_insert_elsewhere(records, lsn)
+            else:
+                journal._bulk_insert(records, lsn)
         except BaseException:
             journal.close()
             for suffix in ("", "-wal", "-shm", "-journal"):
@@ -706,41 +720,13 @@ class Journal(_Reader):
         return journal
 
     def _bulk_insert(self, records: Iterable[bytes | Record], lsn: int) -> None:
-        digest = 0
         counts: Counter[str] = Counter()
-        items = iter(records)
 
         def run() -> None:
-            nonlocal digest
             conn = self._conn
-            # Durability: a bulk-loaded journal is new and nobody uses it before
-            # this returns (restore builds it in a staging directory that it
-            # fsyncs again and renames into place only afterwards). So the load
-            # skips the WAL and every fsync. A rollback journal still makes the
-            # one transaction all-or-nothing if the process dies (pages added
-            # past the empty schema are never journaled, so it stays tiny); a
-            # power loss mid-load can only damage a journal never handed out.
-            # Back in WAL with synchronous=FULL, one fsync of the file makes the
-            # result durable before it is returned.
-            conn.execute("PRAGMA journal_mode=DELETE").fetchone()
-            conn.execute("PRAGMA synchronous=OFF")
-            conn.execute("BEGIN IMMEDIATE")
-            while chunk := list(itertools.islice(items, BULK_ROWS)):
-                rows, total = _bulk_rows(chunk, lsn, counts)
-                digest += total
-                conn.executemany(
-                    "INSERT INTO agents(agent_id, lsn, tree_key, rhash, record)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-            _write_state_meta(conn, lsn, (digest % _MOD).to_bytes(32, "big"), counts)
-            conn.execute(
-                "UPDATE meta SET value = ? WHERE key = 'base_lsn'", (str(lsn).encode(),)
-            )
-            faults.point("journal.commit.before")
-            conn.execute("COMMIT")
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            conn.execute("PRAGMA synchronous=FULL")
+            _begin_load(conn)
+            digest = _insert_chunks(conn, _scanned_chunks(records, counts), lsn)
+            _end_load(conn, lsn, digest, counts)
 
         try:
             _guard(self.path, run)
@@ -748,6 +734,56 @@ class Journal(_Reader):
             if "UNIQUE" in exc.message:
                 raise IntegrityError("bulk load: an agent appears twice") from exc
             raise
+        _fsync_file(self.path)
+        faults.point("journal.commit.after")
+        self._fix_modes()
+
+    def _bulk_insert_elsewhere(
+        self, records: Iterable[bytes | Record], lsn: int
+    ) -> None:
+        """:meth:`_bulk_insert` with SQLite in a child process.
+
+        One core cannot both produce a million records (decrypting,
+        decompressing, scanning) and insert them: under one GIL each waits for
+        the other. Here this process scans each chunk for agent ids and
+        lifecycle states and streams ``[agents, records]`` over a pipe; the
+        child (``python -m vaultstore.journal_loader``) hashes, inserts and
+        commits, all in the one transaction :meth:`_bulk_insert` would use.
+        If either side dies, the transaction is not committed and
+        :meth:`bulk_load` removes the files. Nothing secret crosses the pipe.
+        """
+        counts: Counter[str] = Counter()
+        self._conn.close()  # the child switches journal modes: it must be alone
+        child = subprocess.Popen(
+            [sys.executable, "-m", "vaultstore.journal_loader", str(self.path), str(lsn)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdin is not None and child.stdout is not None
+        _widen_pipe(child.stdin.fileno())
+        try:
+            try:
+                for agents, datas in _scanned_chunks(records, counts):
+                    child.stdin.write(msgpack.packb([agents, datas]))
+                faults.point("journal.commit.before")
+                child.stdin.write(msgpack.packb(["commit", dict(counts)]))
+                child.stdin.close()
+            except BrokenPipeError:
+                pass  # the child stopped early: its answer says why
+            answer = child.stdout.read()
+            code = child.wait()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        finally:
+            for pipe in (child.stdin, child.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass  # a broken pipe has nothing left to flush
+            self._conn = _guard(self.path, lambda: _connect(self.path))
+        _raise_loader_failure(answer, code, self.path)
         _fsync_file(self.path)
         faults.point("journal.commit.after")
         self._fix_modes()
@@ -975,22 +1011,167 @@ class Writer:
 # Records per executemany in bulk_load: large enough that per-call costs
 # vanish, small enough that one chunk (a few MB) is all that is held.
 BULK_ROWS = 4096
+# Loads of at least this many records insert in a second process.
+LOADER_PROCESS_MIN = 50_000
 
 
-def _bulk_rows(
-    chunk: list[bytes | Record], lsn: int, counts: Counter[str]
-) -> tuple[list[tuple[str, int, int, bytes, bytes]], int]:
-    """Projection rows of a chunk of records, and the sum of their hash terms."""
-    if set(map(type, chunk)) <= {bytes}:
-        datas: list[bytes] = chunk  # type: ignore[assignment]
-    else:
-        datas = [encode_record(r) if isinstance(r, Record) else bytes(r) for r in chunk]
-    agents, states = _agents_and_states(datas)
-    counts.update(states)
-    rhashes = list(map(record_hash, datas))
-    total = sum(map(int.from_bytes, rhashes))  # big-endian, as digest_add reads them
-    keys = map(tree_key, agents)
-    return list(zip(agents, itertools.repeat(lsn), keys, rhashes, datas)), total
+def _loader_process_min() -> int:
+    """:data:`LOADER_PROCESS_MIN`, or ``VAULTSTORE_LOADER_MIN`` (tests, tuning)."""
+    value = os.environ.get("VAULTSTORE_LOADER_MIN", "")
+    return int(value) if value.isdigit() else LOADER_PROCESS_MIN
+
+
+def _scanned_chunks(
+    records: Iterable[bytes | Record], counts: Counter[str]
+) -> Iterator[tuple[list[str], list[bytes]]]:
+    """``(agent ids, record bytes)`` per chunk of ``records``, counting states."""
+    items = iter(records)
+    while chunk := list(itertools.islice(items, BULK_ROWS)):
+        if set(map(type, chunk)) <= {bytes}:
+            datas: list[bytes] = chunk  # type: ignore[assignment]
+        else:
+            datas = [
+                encode_record(r) if isinstance(r, Record) else bytes(r) for r in chunk
+            ]
+        agents, states = _agents_and_states(datas)
+        counts.update(states)
+        yield agents, datas
+
+
+def _begin_load(conn: sqlite3.Connection) -> None:
+    # Durability: a bulk-loaded journal is new and nobody uses it before the
+    # load returns (restore builds it in a staging directory that it fsyncs
+    # again and renames into place only afterwards). So the load skips the
+    # WAL and every fsync. A rollback journal still makes the one transaction
+    # all-or-nothing if the process dies (pages added past the empty schema
+    # are never journaled, so it stays tiny); a power loss mid-load can only
+    # damage a journal never handed out. Back in WAL with synchronous=FULL,
+    # one fsync of the file makes the result durable before it is returned.
+    conn.execute("PRAGMA journal_mode=DELETE").fetchone()
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def _insert_chunks(
+    conn: sqlite3.Connection,
+    chunks: Iterable[tuple[list[str], list[bytes]]],
+    lsn: int,
+) -> int:
+    """Insert projection rows; returns the sum of their state-digest terms."""
+    total = 0
+    for agents, datas in chunks:
+        rhashes = list(map(record_hash, datas))
+        total += sum(map(int.from_bytes, rhashes))  # big-endian, as digest_add
+        conn.executemany(
+            "INSERT INTO agents(agent_id, lsn, tree_key, rhash, record)"
+            " VALUES (?, ?, ?, ?, ?)",
+            zip(agents, itertools.repeat(lsn), map(tree_key, agents), rhashes, datas),
+        )
+    return total
+
+
+def _end_load(
+    conn: sqlite3.Connection, lsn: int, total: int, counts: dict[str, int]
+) -> None:
+    _write_state_meta(conn, lsn, (total % _MOD).to_bytes(32, "big"), counts)
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE key = 'base_lsn'", (str(lsn).encode(),)
+    )
+    faults.point("journal.commit.before")
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA journal_mode=WAL").fetchone()
+    conn.execute("PRAGMA synchronous=FULL")
+
+
+def _widen_pipe(fd: int) -> None:
+    """Ask for a 1 MiB pipe buffer (Linux): fewer wake-ups per chunk sent."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass  # the default buffer works, a little slower
+
+
+_LOADER_ERRORS: dict[str, type[VaultstoreError]] = {
+    "IntegrityError": IntegrityError,
+    "LockedError": LockedError,
+    "LocalIOError": LocalIOError,
+}
+
+
+def _raise_loader_failure(answer: bytes, code: int, path: Path) -> None:
+    """Raise what the loader child reported, unless it committed."""
+    try:
+        reply = msgpack.unpackb(answer, raw=False) if answer else None
+    except (ValueError, msgpack.UnpackException):
+        reply = None
+    if code == 0 and reply == ["ok"]:
+        return
+    if isinstance(reply, list) and len(reply) == 3 and reply[0] == "error":
+        cls = _LOADER_ERRORS.get(str(reply[1]), LocalIOError)
+        message = str(reply[2])
+        if "UNIQUE" in message:
+            raise IntegrityError("bulk load: an agent appears twice")
+        raise cls(message, path=str(path))
+    raise LocalIOError(
+        f"journal {path}: the loader process failed (exit status {code})",
+        path=str(path),
+    )
+
+
+class _Read1:
+    """A stream whose ``read`` returns whatever is available (``read1``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.read = stream.read1
+
+
+def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
+    """The loader child: insert what ``source`` streams, answer on ``sink``.
+
+    ``source`` carries msgpack messages ``[agents, records]`` and finally
+    ``["commit", counts]``; the answer is ``["ok"]`` once committed or
+    ``["error", class name, message]``. Input that ends without ``commit``
+    (the parent died) rolls the transaction back. Returns the exit status.
+    """
+    # read1: take what the pipe holds now. A plain read(n) would wait for n
+    # bytes, so the end of one message would wait for the start of the next.
+    unpacker = msgpack.Unpacker(
+        _Read1(source), raw=False, max_buffer_size=1 << 31, read_size=1 << 20
+    )
+    done: dict[str, int] = {}
+
+    def chunks() -> Iterator[tuple[list[str], list[bytes]]]:
+        for message in unpacker:
+            if message[0] == "commit":
+                done.update(message[1])
+                return
+            yield message[0], message[1]
+        raise EOFError
+
+    conn = None
+    try:
+        conn = _guard(path, lambda: sqlite3.connect(str(path), isolation_level=None))
+        active = conn
+
+        def run() -> None:
+            active.execute("PRAGMA cache_size=-32768")
+            _begin_load(active)
+            total = _insert_chunks(active, chunks(), lsn)
+            _end_load(active, lsn, total, done)
+
+        _guard(path, run)
+    except EOFError:
+        return 3  # no commit: the parent is gone, nothing was committed
+    except VaultstoreError as exc:
+        sink.write(msgpack.packb(["error", type(exc).__name__, exc.message]))
+        return 1
+    finally:
+        if conn is not None:
+            conn.close()
+    sink.write(msgpack.packb(["ok"]))
+    return 0
 
 
 def _agents_and_states(datas: list[bytes]) -> tuple[list[str], list[str]]:

@@ -142,7 +142,7 @@ def restore(
             _io(f"restore staging directory {staging}", lambda: staging.mkdir(0o700))
             digest = timer.run(
                 "write-journal",
-                lambda: _load_journal(staging, counted, head.lsn_end, meta),
+                lambda: _load_journal(staging, counted, head, meta),
             )
         _check_digest(digest, head.digest_after, head.id)
         report.agents = counted.count
@@ -309,14 +309,19 @@ def _vault_meta(
 
 
 def _load_journal(
-    staging: Path, counted: _CountingChunks, lsn: int, meta: dict[str, bytes]
+    staging: Path,
+    counted: _CountingChunks,
+    head: Manifest,
+    meta: dict[str, bytes],
 ) -> bytes:
     """Write the new journal; returns the state digest of the records it holds.
 
     The digest is the one the load computed over the very bytes it inserted
     (``Journal.state_digest``), so each record is hashed once, not twice.
     """
-    journal = Journal.bulk_load(staging, counted.records(), lsn)
+    journal = Journal.bulk_load(
+        staging, counted.records(), head.lsn_end, expected=head.agents
+    )
     try:
         for key, value in meta.items():
             journal.set_meta(key, value)

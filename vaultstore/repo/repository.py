@@ -34,7 +34,7 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -605,9 +605,10 @@ class Repository:
 
         Objects are fetched a whole pack at a time and opened (decrypted,
         decompressed, checked against their ids) by :data:`READ_WORKERS`
-        threads working a group of leaves ahead of the caller: AES-GCM, zstd
-        and BLAKE3 release the GIL, so they overlap with the caller's own work
-        (a restore's SQLite inserts).
+        thread(s) working a group of leaves ahead of the caller: fetches and
+        the C-level work of AES-GCM, zstd and BLAKE3 overlap with the caller's
+        own. One thread: a second one added more GIL contention than work on
+        two cores (the restore's SQLite inserts run in their own process).
 
         Raises:
             IntegrityError: a chain link or an object is missing or corrupt.
@@ -762,16 +763,21 @@ class Repository:
         progress: Callable[[int], None] | None,
     ) -> list[bytes]:
         pending: list[tuple[str, int | None]] = []
-        for agent_id, _lsn, record in journal.iter_changed_since(
-            parent.lsn_end, lsn_end
-        ):
-            if record is None:
-                pending.append((agent_id, None))
-            else:
-                gen, slot = run.batches.add(record)
-                pending.append((agent_id, tree.pending_slot(gen, slot)))
-            if progress is not None and len(pending) % 4096 == 0:
-                progress(4096)
+        rows = journal.iter_changed_since(parent.lsn_end, lsn_end)
+        # Batched in tree order, a window at a time: then each batch holds
+        # agents of one stretch of the tree, and a restore walking the tree
+        # opens it once instead of once per stretch (changed rows come in
+        # LSN order, scattered over the whole tree).
+        while window := list(itertools.islice(rows, CHANGES_SORT_WINDOW)):
+            window.sort(key=lambda row: (tree_key(row[0]), row[0]))
+            for agent_id, _lsn, record in window:
+                if record is None:
+                    pending.append((agent_id, None))
+                else:
+                    gen, slot = run.batches.add(record)
+                    pending.append((agent_id, tree.pending_slot(gen, slot)))
+            if progress is not None:
+                progress(len(window))
         run.batches.close_batch()
         ids = run.batches.ids
         out: list[bytes] = []
@@ -987,9 +993,14 @@ class _Run:
         self.packs.flush()
 
 
-READ_WORKERS = 2
+READ_WORKERS = 1
+# Changed rows an incremental sorts into tree order at a time (bounds memory).
+CHANGES_SORT_WINDOW = 65_536
 GROUP_LEAVES = 256
 LEAVES_PER_TASK = 32
+# Change-set batches held open beyond the current groups (a few hundred KB
+# decoded each): see _StateReader._kept.
+RETAIN_BATCHES = 96
 
 # A bucket to restore: its leaf id in the full (None: empty there) and the
 # chain's changed records that land in it, as (tree key, agentId, location).
@@ -1082,6 +1093,13 @@ class _StateReader:
         self.packs = PackReader(repo.store)
         self.pool = ThreadPoolExecutor(READ_WORKERS, "vaultstore-read")
         self._batches: dict[bytes, Future[list[bytes]]] = {}
+        # Change-set records not yet handed out, per batch: a batch of an
+        # incremental serves buckets all over the tree, so it is kept open
+        # (up to RETAIN_BATCHES of them) until its last record is used,
+        # instead of being opened again for every group that needs it.
+        self._pending_uses = Counter(
+            loc[0] for loc in changes.values() if loc is not None
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -1102,8 +1120,22 @@ class _StateReader:
                 yield self._records(current, current_needed)
             if decoded is None:
                 return
-            self._batches = {b: self._batches[b] for b in needed}
+            self._batches = self._kept(needed)
             current, current_needed = decoded, needed
+
+    def _kept(self, needed: set[bytes]) -> dict[bytes, Future[list[bytes]]]:
+        """The open batches to hold on to: the next group's, then, within
+        :data:`RETAIN_BATCHES`, change batches with records still to come."""
+        kept = {b: self._batches[b] for b in needed}
+        room = RETAIN_BATCHES
+        pending = self._pending_uses
+        for batch, future in self._batches.items():
+            if room <= 0:
+                break
+            if batch not in kept and pending.get(batch, 0) > 0:
+                kept[batch] = future
+                room -= 1
+        return kept
 
     def _submit_leaves(
         self, group: list[_Bucket] | None
@@ -1143,6 +1175,7 @@ class _StateReader:
         ready = {b: self._batches[b].result() for b in needed}
         out: list[bytes] = []
         changes = self.changes
+        self._pending_uses.subtract(loc[0] for _, added in group for _, _, loc in added)
         for leaf, added in group:
             if leaf is None:
                 self._append(out, ready, [(a, loc[0], loc[1]) for _, a, loc in added])
