@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgpack
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from vaultstore.errors import IntegrityError
 from vaultstore.repo import tree
 from vaultstore.repo.objects import decode_batch
-from vaultstore.repo.repository import feed_worker
 
 
 @given(st.binary(max_size=300))
@@ -63,30 +59,6 @@ def test_delta_root_round_trip() -> None:
     assert tree.apply_delta(decoded, parent_table) == bytes(table)
     many = bytearray(bytes([5]) * 32 * 8)
     assert tree.delta_root(3, 8, many, parent, bytes(32), parent_table).base is None
-
-
-def test_feed_worker_passes_every_row_in_order() -> None:
-    assert feed_worker(range(10_000), lambda rows: list(rows)) == list(range(10_000))
-
-
-def test_feed_worker_consumer_error_propagates() -> None:
-    def consume(rows: Iterator[int]) -> int:
-        for row in rows:
-            if row == 5000:
-                raise IntegrityError("boom")
-        return 0
-
-    with pytest.raises(IntegrityError, match="boom"):
-        feed_worker(iter(range(10**9)), consume)
-
-
-def test_feed_worker_producer_error_propagates() -> None:
-    def source() -> Iterator[int]:
-        yield from range(5000)
-        raise OSError("disk")
-
-    with pytest.raises(OSError, match="disk"):
-        feed_worker(source(), lambda rows: sum(rows))
 
 
 def test_ideal_bits_keeps_leaves_near_sixteen() -> None:

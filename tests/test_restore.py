@@ -280,7 +280,9 @@ def test_kill_at_every_restore_write_point_leaves_target_untouched(
     trace = tmp_path / "points.txt"
     probe = tmp_path / "probe"
     base = source.env(VAULTSTORE_LOADER_MIN=loader_min)
-    done = run({**base, "VAULTSTORE_FAULT_LOG": str(trace)}, "restore", "--target", str(probe))
+    done = run(
+        {**base, "VAULTSTORE_FAULT_LOG": str(trace)}, "restore", "--target", str(probe)
+    )
     assert done.returncode == 0, done.stderr
     points = trace.read_text().split()
     assert "restore.before-swap" in points

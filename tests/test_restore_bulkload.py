@@ -186,9 +186,7 @@ def test_the_loader_exits_without_committing_when_its_input_ends_early(
     """The parent died mid-stream: EOF before ``commit`` rolls everything back."""
     journal = Journal.create(tmp_path / "v")
     journal.close()
-    stream = io.BytesIO(
-        msgpack.packb([["agent-00001"], [encode_record(record(1))]])
-    )
+    stream = io.BytesIO(msgpack.packb([["agent-00001"], [encode_record(record(1))]]))
     answer = io.BytesIO()
     status = journal_mod.serve_bulk_load(journal.path, 9, _Buffered(stream), answer)
     assert status == 3 and answer.getvalue() == b""

@@ -755,7 +755,13 @@ class Journal(_Reader):
         counts: Counter[str] = Counter()
         self._conn.close()  # the child switches journal modes: it must be alone
         child = subprocess.Popen(
-            [sys.executable, "-m", "vaultstore.journal_loader", str(self.path), str(lsn)],
+            [
+                sys.executable,
+                "-m",
+                "vaultstore.journal_loader",
+                str(self.path),
+                str(lsn),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

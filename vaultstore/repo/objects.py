@@ -72,8 +72,9 @@ def describe(kind: int, oid: bytes) -> str:
 class ObjectCodec:
     """Ids, compression and sealing of one repository's objects.
 
-    :meth:`open` and :meth:`open_raw` may run on several threads at once;
-    sealing is for one writer thread.
+    :meth:`open`, :meth:`open_raw` and :meth:`seal_known` may run on several
+    threads at once; :meth:`seal` and :meth:`seal_raw` are for one writer
+    thread.
     """
 
     def __init__(self, repo_id: bytes, keys: RepoKeys, level: int = ZSTD_LEVEL) -> None:
@@ -84,6 +85,7 @@ class ObjectCodec:
         self._record_key = keys.record_id
         self._seal_key = keys.seal
         self._sealer = Sealer(keys.seal)
+        self._level = level
         self._cctx = zstandard.ZstdCompressor(level=level)
         # Opening runs on several reader threads at once during a restore; a
         # zstd context must not be shared between threads, so each thread
@@ -120,6 +122,22 @@ class ObjectCodec:
             self._cctx.compress(plaintext), self.associated(kind, oid)
         )
         return oid, sealed
+
+    def seal_known(self, kind: int, oid: bytes, plaintext: bytes) -> bytes:
+        """The sealed bytes of a plaintext whose id (:meth:`object_id`) is known.
+
+        Safe on a helper thread: it uses that thread's own compressor and AEAD
+        context (zstd releases the GIL while it compresses).
+        """
+        local = self._local
+        cctx: zstandard.ZstdCompressor
+        sealer: Sealer
+        try:
+            cctx, sealer = local.cctx, local.sealer_w
+        except AttributeError:
+            cctx = local.cctx = zstandard.ZstdCompressor(level=self._level)
+            sealer = local.sealer_w = Sealer(self._seal_key)
+        return sealer.seal(cctx.compress(plaintext), self.associated(kind, oid))
 
     def open(self, kind: int, oid: bytes, sealed: bytes) -> bytes:
         """The verified plaintext of a stored object.

@@ -31,11 +31,9 @@ import hmac
 import itertools
 import logging
 import os
-import queue
-import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -93,7 +91,6 @@ from vaultstore.store.base import Store
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_R = TypeVar("_R")
 
 CONFIG_NAME = "config"
 CONFIG_MAGIC = b"VSCONF"
@@ -654,23 +651,32 @@ class Repository:
         if self.meta is None:
             self.meta = journal
         run = _Run(self)
-        vault_id = _vault_id(journal)  # before the read view: it may write meta
-        with journal.read_view() as view:
-            # Every read goes through the view: one consistent LSN for the run.
-            reader: JournalLike = view if view is not None else journal
-            parent = self._own_parent(journal, vault_id, kind)
-            if kind == INCREMENTAL and parent is None:
-                raise MisuseError("no snapshot yet: the first backup must be --full")
-            lsn_end = reader.last_lsn()
-            digest_after = reader.state_digest()
-            agents = int(reader.counts()["agents"])
-            changes: list[bytes] = []
-            root: bytes | None = None
-            if kind == FULL:
-                root, agents = self._write_full(reader, parent, run, progress, lsn_end)
-            elif parent is not None:
-                changes = self._write_changes(reader, parent, lsn_end, run, progress)
-        run.finish()
+        try:
+            vault_id = _vault_id(journal)  # before the read view: it may write meta
+            with journal.read_view() as view:
+                # Every read goes through the view: one consistent LSN for the run.
+                reader: JournalLike = view if view is not None else journal
+                parent = self._own_parent(journal, vault_id, kind)
+                if kind == INCREMENTAL and parent is None:
+                    raise MisuseError(
+                        "no snapshot yet: the first backup must be --full"
+                    )
+                lsn_end = reader.last_lsn()
+                digest_after = reader.state_digest()
+                agents = int(reader.counts()["agents"])
+                changes: list[bytes] = []
+                root: bytes | None = None
+                if kind == FULL:
+                    root, agents = self._write_full(
+                        reader, parent, run, progress, lsn_end
+                    )
+                elif parent is not None:
+                    changes = self._write_changes(
+                        reader, parent, lsn_end, run, progress
+                    )
+            run.finish()
+        finally:
+            run.close()
         self.index.save()
         manifest = Manifest(
             type=kind,
@@ -939,9 +945,10 @@ class Repository:
                 raise IntegrityError("internal: tree leaves left unresolved")
             agents = int(journal.counts()["agents"])
         else:
-            # The journal is read on this thread (its connection belongs here) while
-            # the tree is built on a worker: SQLite and zstd run outside the GIL.
-            agents = feed_worker(journal.iter_by_tree_key(), consume)
+            # One thread reads the journal and builds the tree; batches are
+            # compressed and sealed on another (BatchWriter.sealer). Reading
+            # on a second thread cost more in GIL hand-offs than it saved.
+            agents = consume(journal.iter_by_tree_key())
         root = tree.delta_root(
             bits,
             agents,
@@ -975,8 +982,15 @@ class _Run:
         self.written: set[bytes] = set()
         self.objects = 0
         self.packs = PackWriter(repo.store, repo.codec, repo.pack_size, self._on_pack)
+        # One thread compresses and encrypts batches (C code, without the GIL)
+        # while this one walks the journal: a first full's largest cost after
+        # the per-record Python work.
+        self._sealer = ThreadPoolExecutor(1, "vaultstore-seal")
         self.batches = tree.BatchWriter(
-            repo.codec, self.emit, max_records=repo.batch_records
+            repo.codec,
+            self.emit,
+            max_records=repo.batch_records,
+            sealer=self._sealer,
         )
 
     def emit(self, kind: int, oid: bytes, sealed: bytes) -> None:
@@ -990,7 +1004,12 @@ class _Run:
         self.repo.index.add_pack(pack_id, entries, size)
 
     def finish(self) -> None:
+        self.batches.flush()
+        self.close()
         self.packs.flush()
+
+    def close(self) -> None:
+        self._sealer.shutdown(wait=True, cancel_futures=True)
 
 
 READ_WORKERS = 1
@@ -1258,69 +1277,6 @@ class _StateReader:
 def _grouped(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
-
-
-_DONE = object()
-
-
-class _ProducerFailed(Exception):
-    """Raised on the worker when the reading thread failed (its error wins)."""
-
-
-def feed_worker(source: Iterable[_T], consume: Callable[[Iterator[_T]], _R]) -> _R:
-    """Run ``consume`` over ``source`` on a worker thread, reading on this one.
-
-    Rows travel in chunks through a bounded queue (memory stays flat). An
-    exception on either side stops both and is re-raised here.
-    """
-    chunks: queue.Queue[object] = queue.Queue(maxsize=8)
-    outcome: dict[str, Any] = {}
-    stopped = threading.Event()
-
-    def rows() -> Iterator[_T]:
-        while True:
-            chunk = chunks.get()
-            if chunk is _DONE:
-                return
-            if isinstance(chunk, BaseException):
-                raise _ProducerFailed() from chunk
-            yield from chunk  # type: ignore[misc]
-
-    def work() -> None:
-        try:
-            outcome["value"] = consume(rows())
-        except BaseException as exc:  # re-raised on the calling thread
-            outcome["error"] = exc
-        finally:
-            stopped.set()
-
-    worker = threading.Thread(target=work, name="vaultstore-backup", daemon=True)
-    worker.start()
-    try:
-        it = iter(source)
-        while not stopped.is_set():
-            chunk = list(itertools.islice(it, 2048))
-            _put(chunks, chunk if chunk else _DONE, stopped)
-            if not chunk:
-                break
-    except BaseException as exc:
-        _put(chunks, exc, stopped)
-        worker.join()
-        raise
-    worker.join()
-    error = outcome.get("error")
-    if error is not None:
-        raise error
-    return outcome["value"]  # type: ignore[no-any-return]
-
-
-def _put(chunks: queue.Queue[object], item: object, stopped: threading.Event) -> None:
-    while not stopped.is_set():
-        try:
-            chunks.put(item, timeout=0.05)
-            return
-        except queue.Full:
-            continue
 
 
 def open_master_key(store: Store, password: str, profile: str) -> bytes:

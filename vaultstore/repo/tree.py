@@ -26,7 +26,9 @@ into several objects of at most :data:`CHANGES_PER_OBJECT` entries.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import msgpack
@@ -215,6 +217,8 @@ def leaf_at(leaf_ids: bytes, bucket: int) -> bytes:
 
 
 Emit = Callable[[int, bytes, bytes], None]  # kind, oid, sealed
+# Batches handed to the sealing thread and not yet emitted (memory bound).
+SEALS_IN_FLIGHT = 4
 
 
 @dataclass
@@ -235,6 +239,23 @@ class BatchWriter:
     _records: list[bytes] = field(default_factory=list)
     _size: int = 0
     on_close: Callable[[], None] | None = None
+    sealer: Executor | None = None
+    _in_flight: deque[tuple[bytes, Future[bytes]]] = field(default_factory=deque)
+
+    def drain(self, wait: bool = True) -> None:
+        """Emit the sealed batches that are done, oldest first; with ``wait``,
+        wait for at least the oldest (for all when nothing else is queued)."""
+        queue = self._in_flight
+        while queue and (wait or queue[0][1].done()):
+            oid, future = queue.popleft()
+            self.emit(BATCH, oid, future.result())
+            wait = wait and len(queue) > SEALS_IN_FLIGHT
+
+    def flush(self) -> None:
+        """Emit every batch still being sealed."""
+        while self._in_flight:
+            oid, future = self._in_flight.popleft()
+            self.emit(BATCH, oid, future.result())
 
     def add(self, record: bytes) -> tuple[int, int]:
         """Queue a record; returns its pending (generation, slot)."""
@@ -247,11 +268,24 @@ class BatchWriter:
         return pending
 
     def close_batch(self) -> None:
-        """Seal the open batch (no-op when empty)."""
+        """Seal the open batch (no-op when empty).
+
+        With a :attr:`sealer` pool, the batch id is computed here and the
+        compression and encryption run on the pool; sealed batches are emitted
+        in order as they finish (:meth:`drain`), at most
+        :data:`SEALS_IN_FLIGHT` waiting at a time.
+        """
         if not self._records:
             return
-        oid, sealed = self.codec.seal(BATCH, encode_batch(self._records))
-        self.emit(BATCH, oid, sealed)
+        plaintext = encode_batch(self._records)
+        if self.sealer is None:
+            oid, sealed = self.codec.seal(BATCH, plaintext)
+            self.emit(BATCH, oid, sealed)
+        else:
+            oid = self.codec.object_id(BATCH, plaintext)
+            future = self.sealer.submit(self.codec.seal_known, BATCH, oid, plaintext)
+            self._in_flight.append((oid, future))
+            self.drain(wait=len(self._in_flight) > SEALS_IN_FLIGHT)
         self.ids[self.generation] = oid
         self.records_written += len(self._records)
         self.generation += 1
