@@ -1,14 +1,19 @@
-"""Unit tests of repository plumbing: decoders on hostile input, the row feeder."""
+"""Unit tests of repository plumbing: decoders on hostile input, batch sealing."""
 
 from __future__ import annotations
 
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
 import msgpack
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vaultstore.crypto.purpose import RepoKeys
 from vaultstore.errors import IntegrityError
 from vaultstore.repo import tree
-from vaultstore.repo.objects import decode_batch
+from vaultstore.repo.objects import ObjectCodec, decode_batch
 
 
 @given(st.binary(max_size=300))
@@ -66,3 +71,79 @@ def test_ideal_bits_keeps_leaves_near_sixteen() -> None:
         per_leaf = agents / (1 << tree.ideal_bits(agents))
         assert per_leaf <= 23
         assert agents < 16 or per_leaf >= 11
+
+
+def _codec() -> ObjectCodec:
+    return ObjectCodec(b"\x01" * 16, RepoKeys.from_master(b"\x02" * 32))
+
+
+def test_batches_sealed_on_a_helper_thread_equal_inline_ones() -> None:
+    """Same ids, same plaintext after opening, same order of emission."""
+    codec = _codec()
+    records = [msgpack.packb([f"agent-{n}", n]) for n in range(1000)]
+    inline: list[tuple[int, bytes, bytes]] = []
+    threaded: list[tuple[int, bytes, bytes]] = []
+    plain = tree.BatchWriter(codec, lambda *o: inline.append(o), max_records=16)
+    with ThreadPoolExecutor(1) as pool:
+        helped = tree.BatchWriter(
+            codec, lambda *o: threaded.append(o), max_records=16, sealer=pool
+        )
+        for record in records:
+            assert plain.add(record) == helped.add(record)
+        plain.close_batch()
+        helped.close_batch()
+        helped.flush()
+    assert plain.ids == helped.ids
+    assert [o[:2] for o in inline] == [o[:2] for o in threaded]
+    opened = [decode_batch(codec.open(k, oid, s), "b") for k, oid, s in threaded]
+    assert [r for batch in opened for r in batch] == records
+
+
+def test_a_failure_on_the_sealing_thread_reaches_the_writer() -> None:
+    codec = _codec()
+
+    def broken(kind: int, oid: bytes, plaintext: bytes) -> bytes:
+        raise OSError("sealer died")
+
+    codec.seal_known = broken  # type: ignore[method-assign]
+    with ThreadPoolExecutor(1) as pool:
+        writer = tree.BatchWriter(codec, lambda *o: None, max_records=4, sealer=pool)
+        with pytest.raises(OSError, match="sealer died"):
+            for n in range(100):
+                writer.add(msgpack.packb(n))
+            writer.flush()
+
+
+@given(
+    st.lists(st.integers(0, 3000), max_size=400),
+    st.integers(1, 40),
+    st.integers(1, 20_000),
+    st.lists(st.integers(1, 60), min_size=1, max_size=30),
+)
+def test_add_many_places_records_exactly_like_add(
+    lengths: list[int], max_records: int, max_bytes: int, runs: list[int]
+) -> None:
+    """Same pending slots, same batch boundaries, same batch ids."""
+    codec = _codec()
+    records = [bytes([n % 251]) * size for n, size in enumerate(lengths)]
+    one: list[tuple[int, bytes, bytes]] = []
+    many: list[tuple[int, bytes, bytes]] = []
+    single = tree.BatchWriter(
+        codec, lambda *o: one.append(o), max_records=max_records, max_bytes=max_bytes
+    )
+    grouped = tree.BatchWriter(
+        codec, lambda *o: many.append(o), max_records=max_records, max_bytes=max_bytes
+    )
+    expected = [tree.pending_slot(*single.add(r)) for r in records]
+    got: list[int] = []
+    start = 0
+    for size in itertools.cycle(runs):
+        if start >= len(records):
+            break
+        got += grouped.add_many(records[start : start + size])
+        start += size
+    single.close_batch()
+    grouped.close_batch()
+    assert got == expected
+    assert single.ids == grouped.ids
+    assert [o[1] for o in one] == [o[1] for o in many]

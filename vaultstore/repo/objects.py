@@ -72,9 +72,9 @@ def describe(kind: int, oid: bytes) -> str:
 class ObjectCodec:
     """Ids, compression and sealing of one repository's objects.
 
-    :meth:`open`, :meth:`open_raw` and :meth:`seal_known` may run on several
-    threads at once; :meth:`seal` and :meth:`seal_raw` are for one writer
-    thread.
+    :meth:`open`, :meth:`open_raw`, :meth:`seal_known` and :meth:`seal_many`
+    may run on several threads at once; :meth:`seal` and :meth:`seal_raw` are
+    for one writer thread.
     """
 
     def __init__(self, repo_id: bytes, keys: RepoKeys, level: int = ZSTD_LEVEL) -> None:
@@ -138,6 +138,17 @@ class ObjectCodec:
             cctx = local.cctx = zstandard.ZstdCompressor(level=self._level)
             sealer = local.sealer_w = Sealer(self._seal_key)
         return sealer.seal(cctx.compress(plaintext), self.associated(kind, oid))
+
+    def seal_many(
+        self, kind: int, plaintexts: list[bytes]
+    ) -> list[tuple[bytes, bytes]]:
+        """``(object id, sealed bytes)`` of each plaintext; like :meth:`seal_known`,
+        safe on a helper thread."""
+        return [
+            (oid, self.seal_known(kind, oid, plaintext))
+            for plaintext in plaintexts
+            for oid in (self.object_id(kind, plaintext),)
+        ]
 
     def open(self, kind: int, oid: bytes, sealed: bytes) -> bytes:
         """The verified plaintext of a stored object.

@@ -905,6 +905,18 @@ class Repository:
                             for a, b, s in self._entries(LEAF, lid)
                             if b
                         }
+                if not known and not since:
+                    # Nothing stored to reuse (a first full, say): every record
+                    # is new, so place the bucket's records in one step.
+                    live = [r for r in rows if r[3] is not None]
+                    if live:
+                        agents += len(live)
+                        slots = run.batches.add_many([r[3] for r in live])  # type: ignore[misc]
+                        fresh_entries: list[tuple[str, bytes | None, int]] = list(
+                            zip([r[1] for r in live], itertools.repeat(None), slots)
+                        )
+                        leaves.add(tree.PendingLeaf(bucket, fresh_entries), True)
+                    continue
                 entries: list[tuple[str, bytes | None, int]] = []
                 fresh = False
                 for _tk, agent_id, lsn, record in rows:
@@ -924,6 +936,7 @@ class Repository:
                     leaves.add(tree.PendingLeaf(bucket, entries), fresh)
             run.batches.close_batch()
             leaves.resolve()
+            leaves.flush()
             if leaves.pending:
                 raise IntegrityError("internal: tree leaves left unresolved")
             return agents
@@ -941,6 +954,7 @@ class Repository:
             )
             run.batches.close_batch()
             leaves.resolve()
+            leaves.flush()
             if leaves.pending:
                 raise IntegrityError("internal: tree leaves left unresolved")
             agents = int(journal.counts()["agents"])

@@ -25,6 +25,8 @@ into several objects of at most :data:`CHANGES_PER_OBJECT` entries.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -74,15 +76,15 @@ def choose_bits(agents: int, parent_bits: int | None) -> int:
 
 def encode_entries(entries: list[Entry]) -> bytes:
     """Leaf / change-set plaintext from (agentId, batch id|None, slot|None)."""
-    table: dict[bytes, int] = {}
-    rows: list[list[object]] = []
-    for agent_id, batch, slot in entries:
-        if batch is None:
-            rows.append([agent_id, None, None])
-        else:
-            ref = table.setdefault(batch, len(table))
-            rows.append([agent_id, ref, slot])
-    return bytes(msgpack.packb([list(table), rows], use_bin_type=True))
+    # The table lists batch ids in order of first use (so equal entries always
+    # encode to the same bytes, and the leaf to the same id).
+    table = list(dict.fromkeys(batch for _, batch, _ in entries if batch is not None))
+    ref = {batch: n for n, batch in enumerate(table)}
+    rows = [
+        (agent_id, None, None) if batch is None else (agent_id, ref[batch], slot)
+        for agent_id, batch, slot in entries
+    ]
+    return bytes(msgpack.packb([table, rows], use_bin_type=True))
 
 
 def decode_entries(plaintext: bytes, what: str) -> list[Entry]:
@@ -217,8 +219,11 @@ def leaf_at(leaf_ids: bytes, bucket: int) -> bytes:
 
 
 Emit = Callable[[int, bytes, bytes], None]  # kind, oid, sealed
-# Batches handed to the sealing thread and not yet emitted (memory bound).
+# Batches (or groups of leaves) handed to the sealing thread and not yet
+# emitted: a memory bound.
 SEALS_IN_FLIGHT = 4
+# Leaves sealed per task on that thread.
+LEAVES_PER_SEAL = 64
 
 
 @dataclass
@@ -256,6 +261,31 @@ class BatchWriter:
         while self._in_flight:
             oid, future = self._in_flight.popleft()
             self.emit(BATCH, oid, future.result())
+
+    def add_many(self, records: list[bytes]) -> list[int]:
+        """:meth:`add` for each record, in order; returns packed pending slots
+        (:func:`pending_slot`). Batches close exactly where :meth:`add` would
+        close them, but a whole run of records is placed per step."""
+        out: list[int] = []
+        start, total = 0, len(records)
+        while start < total:
+            room = self.max_records - len(self._records)
+            take = records[start : start + room]
+            sizes = list(itertools.accumulate(map(len, take), initial=self._size))
+            if sizes[-1] >= self.max_bytes:
+                # Close right after the record that reaches the byte limit.
+                take = take[: bisect.bisect_left(sizes, self.max_bytes, 1)]
+            slot = len(self._records)
+            if slot + len(take) > 1 << 20:
+                raise ValueError("batch slot out of range")
+            self._records += take
+            self._size = sizes[len(take)]
+            first = (self.generation << 20) | slot
+            out += range(first, first + len(take))
+            start += len(take)
+            if len(self._records) >= self.max_records or self._size >= self.max_bytes:
+                self.close_batch()
+        return out
 
     def add(self, record: bytes) -> tuple[int, int]:
         """Queue a record; returns its pending (generation, slot)."""
@@ -317,48 +347,97 @@ class LeafWriter:
         self.batches = batches
         self.emit = emit
         self.leaf_ids = leaf_ids
-        self.pending: list[PendingLeaf] = []
+        # Leaves waiting for a batch, each with the newest generation it needs.
+        self._waiting: list[tuple[int, PendingLeaf]] = []
+        # With the batches' sealing thread: encoded leaves not yet handed to
+        # it, and groups of leaves being sealed there (buckets, result).
+        self._queued: list[tuple[int, bytes]] = []
+        self._sealing: deque[tuple[list[int], Future[list[tuple[bytes, bytes]]]]] = (
+            deque()
+        )
         self.leaves_written = 0
         batches.on_close = self.resolve
+
+    @property
+    def pending(self) -> list[PendingLeaf]:
+        """Leaves still waiting for a batch to close."""
+        return [leaf for _, leaf in self._waiting]
 
     def add(self, leaf: PendingLeaf, has_pending: bool | None = None) -> None:
         """Write ``leaf`` now, or once the batch holding its new records closes."""
         if has_pending is None:
             has_pending = any(batch is None for _, batch, _ in leaf.entries)
         if has_pending:
-            self.pending.append(leaf)
+            newest = max(s for _, b, s in leaf.entries if b is None) >> 20
+            self._waiting.append((newest, leaf))
         else:
             self._write(leaf)
 
     def clear(self, bucket: int) -> None:
         """Mark ``bucket`` empty (its last agent was removed)."""
+        self.flush()  # a leaf of this bucket still being sealed must not win
         self.leaf_ids[bucket * ID_SIZE : (bucket + 1) * ID_SIZE] = EMPTY
 
     def resolve(self) -> None:
         """Write every pending leaf whose records are all in sealed batches."""
         open_gen = self.batches.generation
-        keep: list[PendingLeaf] = []
-        for leaf in self.pending:
-            if any(b is None and s >> 20 >= open_gen for _, b, s in leaf.entries):
-                keep.append(leaf)
+        keep: list[tuple[int, PendingLeaf]] = []
+        for waiting in self._waiting:
+            if waiting[0] >= open_gen:
+                keep.append(waiting)
             else:
-                self._write(leaf)
-        self.pending = keep
+                self._write(waiting[1])
+        self._waiting = keep
 
     def _write(self, leaf: PendingLeaf) -> None:
         ids = self.batches.ids
-        entries: list[Entry] = []
-        for agent_id, batch, slot in leaf.entries:
-            if batch is None:
-                gen, slot = divmod(slot, 1 << 20)
-                entries.append((agent_id, ids[gen], slot))
-            else:
-                entries.append((agent_id, batch, slot))
-        oid, sealed = self.codec.seal(LEAF, encode_entries(entries))
-        self.emit(LEAF, oid, sealed)
+        entries: list[Entry] = [
+            (agent_id, ids[slot >> 20], slot & _SLOT_MASK)
+            if batch is None
+            else (agent_id, batch, slot)
+            for agent_id, batch, slot in leaf.entries
+        ]
+        plaintext = encode_entries(entries)
         self.leaves_written += 1
-        b = leaf.bucket
-        self.leaf_ids[b * ID_SIZE : (b + 1) * ID_SIZE] = oid
+        if self.batches.sealer is None:
+            self._store(leaf.bucket, *self.codec.seal(LEAF, plaintext))
+            return
+        # Leaves are small: sealed on the batches' thread in groups, so the
+        # hand-off costs little and zstd's GIL release/re-acquire happens there.
+        self._queued.append((leaf.bucket, plaintext))
+        if len(self._queued) >= LEAVES_PER_SEAL:
+            self._submit()
+
+    def flush(self) -> None:
+        """Store every leaf still queued or being sealed (before reading ids)."""
+        self._submit()
+        self._drain(wait=True)
+
+    def _submit(self) -> None:
+        if not self._queued or self.batches.sealer is None:
+            return
+        buckets = [bucket for bucket, _ in self._queued]
+        plaintexts = [plaintext for _, plaintext in self._queued]
+        self._queued = []
+        future = self.batches.sealer.submit(self.codec.seal_many, LEAF, plaintexts)
+        self._sealing.append((buckets, future))
+        self._drain(wait=False)
+
+    def _drain(self, wait: bool) -> None:
+        sealing = self._sealing
+        while sealing and (
+            wait or sealing[0][1].done() or len(sealing) > SEALS_IN_FLIGHT
+        ):
+            buckets, future = sealing.popleft()
+            for bucket, (oid, sealed) in zip(buckets, future.result(), strict=True):
+                self._store(bucket, oid, sealed)
+
+    def _store(self, bucket: int, oid: bytes, sealed: bytes) -> None:
+        self.emit(LEAF, oid, sealed)
+        self.leaf_ids[bucket * ID_SIZE : (bucket + 1) * ID_SIZE] = oid
+
+
+_SLOT_MASK = (1 << 20) - 1
 
 
 def pending_slot(generation: int, slot: int) -> int:
