@@ -604,8 +604,10 @@ class Repository:
         decompressed, checked against their ids) by :data:`READ_WORKERS`
         thread(s) working a group of leaves ahead of the caller: fetches and
         the C-level work of AES-GCM, zstd and BLAKE3 overlap with the caller's
-        own. One thread: a second one added more GIL contention than work on
-        two cores (the restore's SQLite inserts run in their own process).
+        own. One thread for a local repository: a second one added more GIL
+        contention than work on two cores (the restore's SQLite inserts run in
+        their own process); :data:`REMOTE_READ_WORKERS` for S3, where fetches
+        wait on the network.
 
         Raises:
             IntegrityError: a chain link or an object is missing or corrupt.
@@ -1027,6 +1029,8 @@ class _Run:
 
 
 READ_WORKERS = 1
+# Over a network (S3) most of a read is waiting for the answer: more threads.
+REMOTE_READ_WORKERS = 4
 # Changed rows an incremental sorts into tree order at a time (bounds memory).
 CHANGES_SORT_WINDOW = 65_536
 GROUP_LEAVES = 256
@@ -1124,7 +1128,9 @@ class _StateReader:
         self.repo = repo
         self.changes = changes
         self.packs = PackReader(repo.store)
-        self.pool = ThreadPoolExecutor(READ_WORKERS, "vaultstore-read")
+        local = repo.store.url.startswith("file:")
+        workers = READ_WORKERS if local else REMOTE_READ_WORKERS
+        self.pool = ThreadPoolExecutor(workers, "vaultstore-read")
         self._batches: dict[bytes, Future[list[bytes]]] = {}
         # Change-set records not yet handed out, per batch: a batch of an
         # incremental serves buckets all over the tree, so it is kept open
