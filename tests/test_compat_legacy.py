@@ -628,23 +628,97 @@ def test_export_snapshot_full_and_incremental(tmp_path: Path, kind: str) -> None
     assert reader.summary is not None and reader.summary.wallets == 5
 
 
-def test_a_file_changed_after_verification_aborts_the_whole_import(
-    golden_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _bad_checksum(path: Path) -> Path:
+    path.write_bytes(path.read_bytes().replace(b'"tier": 3', b'"tier": 4'))
+    return path
+
+
+def test_a_bad_later_file_rolls_back_the_files_before_it(
+    golden_dir: Path, tmp_path: Path
 ) -> None:
-    from vaultstore.ops import importjson
+    """Records are applied while they are verified: nothing is committed
+    until every file checks out, and a new vault is not left behind."""
+    later = _bad_checksum(_reexport(golden_dir, tmp_path, "incremental", True))
+    with pytest.raises(IntegrityError, match="Backup checksum validation failed"):
+        import_json(
+            tmp_path / "v",
+            [golden_dir / GOLDEN.name, later],
+            PASSWORD,
+            profile="test",
+            workers=1,
+        )
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".v", "v"))]
 
-    real = importjson.verify_json
-    path = golden_dir / GOLDEN.name
-
-    def verify_then_swap(*args: Any, **kw: Any) -> Any:
-        report = real(*args, **kw)
-        path.write_bytes(path.read_bytes().replace(b'"tier": 3', b'"tier": 4'))
-        return report
-
-    monkeypatch.setattr(importjson, "verify_json", verify_then_swap)
+    vault_dir = tmp_path / "v"
+    import_json(
+        vault_dir, [golden_dir / GOLDEN.name], PASSWORD, profile="test", workers=1
+    )
+    with Vault.open(vault_dir, "test") as vault:
+        before = (vault.journal.state_digest(), vault.journal.last_lsn())
     with pytest.raises(IntegrityError):
-        import_json(tmp_path / "v", [path], PASSWORD, profile="test", workers=1)
-    assert not (tmp_path / "v").exists()  # the vault made for it is gone again
+        import_json(vault_dir, [later], PASSWORD, profile="test", workers=1)
+    with Vault.open(vault_dir, "test") as vault:
+        assert (vault.journal.state_digest(), vault.journal.last_lsn()) == before
+        assert vault.journal.get("agent-013").lifecycle["state"] != "suspended"
+
+
+def test_a_mismatching_address_found_by_the_worker_pool_rolls_back(
+    tmp_path: Path,
+) -> None:
+    """Enough wallets for the process pool; one address off, near the end."""
+    from vaultstore.crypto.derive import WalletDeriver
+    from vaultstore.crypto.seed import mnemonic_to_seed
+
+    deriver = WalletDeriver.from_seed(mnemonic_to_seed(MNEMONIC))
+    records = []
+    for n in range(9000):
+        agent = f"agent-{n:05d}"
+        evm, xrp = deriver.addresses(n)
+        if n == 8765:
+            evm, xrp = deriver.addresses(n + 1)
+        wallet = {
+            "agentId": agent,
+            "derivationIndex": n,
+            "evmAddress": evm,
+            "xrpAddress": xrp,
+            "createdAt": 1,
+        }
+        records.append(Record(agent, wallet, None, None))
+    path = tmp_path / "big" / "wallet-backup.json"
+    export_records(
+        path,
+        records,
+        backup_type="full",
+        mnemonic=MNEMONIC,
+        password=PASSWORD,
+        timestamp_ms=1,
+    )
+    with pytest.raises(AddressMismatchError) as info:
+        import_json(tmp_path / "v", [path], PASSWORD, profile="test", workers=2)
+    assert info.value.agents == ["agent-08765"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".v", "v"))]
+
+
+def test_an_import_killed_before_its_commit_leaves_no_vault(
+    golden_dir: Path, tmp_path: Path
+) -> None:
+    from tests.campaign_support import base_env, run_cli
+
+    env = base_env(
+        VAULTSTORE_VAULT=str(tmp_path / "v"),
+        VAULTSTORE_PASSWORD=PASSWORD,
+        VAULTSTORE_FAULT_POINT="journal.commit.before",
+    )
+    killed = run_cli(env, "import-json", str(golden_dir / GOLDEN.name))
+    assert killed.code == -9, killed.err
+    assert not (tmp_path / "v").exists()
+    # What the killed run staged stays beside it, private (see README).
+    for leftover in tmp_path.glob(".v.import-*"):
+        assert stat.S_IMODE(leftover.stat().st_mode) == 0o700
+    del env["VAULTSTORE_FAULT_POINT"]
+    done = run_cli(env, "import-json", str(golden_dir / GOLDEN.name), "--json")
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["wallets"] == 20
 
 
 def test_read_header_reads_only_the_beginning(tmp_path: Path) -> None:

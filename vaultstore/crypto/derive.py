@@ -188,12 +188,28 @@ def verify_wallets(
     Streams ``wallets`` in chunks; memory stays bounded by the chunks in flight.
     Uses a process pool of ``workers`` when the input is larger than one chunk.
     """
+    return verify_wallet_chunks(mnemonic, _chunks(wallets), workers)
+
+
+def verify_wallet_chunks(
+    mnemonic: str,
+    chunks: Iterator[list[Wallet]],
+    workers: int = 2,
+    *,
+    spare_core: bool = False,
+) -> list[str]:
+    """:func:`verify_wallets` over wallets already grouped in lists (of about
+    :data:`CHUNK_SIZE`): no Python work per wallet on the calling thread.
+
+    With ``spare_core`` even one worker is a separate process: the caller is
+    busy with other work on its own core (an import applying records) and
+    deriving on a thread would compete with it for the GIL.
+    """
     deriver = WalletDeriver.from_seed(mnemonic_to_seed(mnemonic))
     started = time.monotonic()
-    chunks = _chunks(wallets)
     first = next(chunks, [])
     second = next(chunks, None)
-    if second is None or workers <= 1:
+    if second is None or workers < 1 or (workers == 1 and not spare_core):
         bad: list[str] = []
         count = 0
         for chunk in _chain([first] if second is None else [first, second], chunks):

@@ -1,19 +1,29 @@
 """Import legacy wallet-backup JSON files into the vault.
 
-Order of work, so that a bad file writes nothing:
+Order of work, so that a bad file leaves nothing behind:
 
 1. Read every file's header; sort the files by timestamp (a full, then its
    incrementals). An incremental with no full before it (in the files given,
    or an existing non-empty vault) is refused unless ``allow_partial``.
 2. For every file: decrypt the seed (PBKDF2 under the password and the
-   ``encryption-salt``), require the same mnemonic in every file (and in the
-   vault, if it exists), then one streaming pass that checks structure and
-   checksum and re-derives every wallet address from the seed.
-3. Only then: create the vault if it is missing (seed from the files, vault
-   password = the same password) and apply all files in one journal
-   transaction — per file wallets, then lifecycle records as *recorded
-   states* (``legacy=True``: a jump the live state machine would refuse is
-   applied with a warning), then balances, in file order.
+   ``encryption-salt``) and require the same mnemonic in every file (and in
+   the vault, if it exists).
+3. One journal transaction for all files, one streaming pass per file: each
+   record is applied as it is read — per file wallets, then lifecycle records
+   as *recorded states* (``legacy=True``: a jump the live state machine would
+   refuse is applied with a warning), then balances — while a pool of worker
+   processes re-derives every wallet's addresses from the seed and the reader
+   computes the checksum. Only when a file's checksum, structure and every
+   address check out does the next file start; only when all do is the
+   transaction committed. Any failure rolls it back: nothing is committed
+   before everything is verified. A missing vault is created in a staging
+   directory beside its path and renamed into place after the commit, so a
+   failed or killed import leaves no vault behind either.
+
+Why one pass: verifying first and applying in a second pass read and
+re-serialised every file twice, and left one core idle while the other
+applied events; overlapping the address derivation (worker processes) with
+the journal writes (this process) nearly halves the time on two cores.
 
 Import upserts: agents already in the vault and absent from a file are left
 as they are (a legacy full does not express removals; archived agents'
@@ -23,29 +33,33 @@ records are often missing from it).
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaultstore import durable
 from vaultstore.compat.legacy import (
     LegacyHeader,
     LegacyReader,
     checksum_mismatch_message,
 )
+from vaultstore.crypto.derive import CHUNK_SIZE, Wallet, verify_wallet_chunks
 from vaultstore.errors import (
     AddressMismatchError,
     InputError,
     IntegrityError,
     MisuseError,
 )
-from vaultstore.journal import Event
+from vaultstore.journal import Event, Writer
 from vaultstore.ops.verifyjson import (
     decrypt_file_seed,
     load_salt,
     peek_header,
-    verify_json,
 )
 from vaultstore.vault import Vault
 
@@ -85,7 +99,7 @@ def import_json(
     profile: str = "production",
     workers: int = 2,
 ) -> ImportReport:
-    """Verify every file, then apply them all to the vault in one transaction.
+    """Verify and apply every file in one transaction (see the module notes).
 
     Raises:
         IntegrityError: a checksum fails, or a file's seed differs.
@@ -99,29 +113,32 @@ def import_json(
     vault_path = Path(vault_path)
     files = order_files([Path(p) for p in paths])
     vault = Vault.open(vault_path, profile) if _vault_exists(vault_path) else None
+    staging: Path | None = None
     try:
         if vault is not None:
             vault.unlock(password)
         _check_chain(files, vault, allow_partial)
-        mnemonic, verified = _verify_all(files, password, salt_file, vault, workers)
+        mnemonic = _open_seeds(files, password, salt_file, vault)
         report = ImportReport(vault=str(vault_path))
         if vault is None:
-            vault = Vault.create(vault_path, password, mnemonic, profile)
+            _refuse_occupied(vault_path)
+            staging = _staging_dir(vault_path)
+            vault = Vault.create(staging, password, mnemonic, profile)
             report.created_vault = True
-        events = _events(files, verified, report)
-        try:
-            report.last_lsn = vault.journal.append(events, legacy=True)
-        except BaseException:
-            if report.created_vault:
-                # The vault was made for this import a moment ago: take it away
-                # again so that a failed import leaves nothing behind.
-                vault.close()
-                vault = None
-                shutil.rmtree(vault_path, ignore_errors=True)
-            raise
+        with vault.journal.writer(legacy=True) as writer:
+            for path, header in files:
+                _apply_file(path, header, mnemonic, writer, report, workers)
+        report.last_lsn = vault.journal.last_lsn()
+        if staging is not None:
+            vault.close()
+            vault = None
+            _move_into_place(staging, vault_path)
+            staging = None
     finally:
         if vault is not None:
             vault.close()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "imported %d legacy file(s): %d wallets, %d lifecycle, %d balance lists",
         len(files),
@@ -131,6 +148,30 @@ def import_json(
         extra={"event": "legacy.import", "files": len(files), "lsn": report.last_lsn},
     )
     return report
+
+
+def _staging_dir(vault_path: Path) -> Path:
+    return vault_path.parent / f".{vault_path.name}.import-{os.urandom(4).hex()}"
+
+
+def _refuse_occupied(vault_path: Path) -> None:
+    if vault_path.exists() and (not vault_path.is_dir() or any(vault_path.iterdir())):
+        raise MisuseError(
+            f"{vault_path} exists and is not a vault; refusing to import into it",
+            path=str(vault_path),
+        )
+
+
+def _move_into_place(staging: Path, vault_path: Path) -> None:
+    """Rename the committed staging vault to its path (durably)."""
+    try:
+        durable.fsync_tree(staging)
+        if vault_path.is_dir():
+            vault_path.rmdir()  # empty (checked before the import): replace it
+        os.rename(staging, vault_path)
+        durable.fsync_dir(vault_path.parent)
+    except OSError as exc:
+        raise durable.io_error(f"the new vault {vault_path}", exc) from exc
 
 
 def _vault_exists(path: Path) -> bool:
@@ -150,22 +191,16 @@ def _check_chain(
     )
 
 
-def _verify_all(
+def _open_seeds(
     files: list[tuple[Path, LegacyHeader]],
     password: str,
     salt_file: Path | None,
     vault: Vault | None,
-    workers: int,
-) -> tuple[str, dict[Path, str]]:
-    """Check every file's checksum, structure, seed and addresses.
-
-    Returns the common mnemonic and each file's verified checksum.
-    """
+) -> str:
+    """Every file's mnemonic (one PBKDF2 each): they must all be the vault's."""
     expected = vault.mnemonic() if vault is not None else None
-    verified: dict[Path, str] = {}
     for path, header in files:
-        salt = load_salt(salt_file, path)
-        mnemonic = decrypt_file_seed(header, password, salt)
+        mnemonic = decrypt_file_seed(header, password, load_salt(salt_file, path))
         if expected is None:
             expected = mnemonic
         elif mnemonic != expected:
@@ -173,60 +208,128 @@ def _verify_all(
             raise IntegrityError(
                 f"{path.name}: its seed differs from {what}; refusing to import"
             )
-        report = verify_json(path, password, salt, workers=workers)
-        if report.address_mismatches:
-            shown = ", ".join(report.address_mismatches[:20])
-            raise AddressMismatchError(
-                f"{path.name}: {len(report.address_mismatches)} wallet(s) do not "
-                f"derive from the seed: {shown}",
-                agents=report.address_mismatches,
-            )
-        if not report.ok:
-            raise _failure(path, report.failures)
-        verified[path] = str(report.computed_checksum)
     if expected is None:
         raise MisuseError("no file to import")
-    return expected, verified
+    return expected
 
 
-def _failure(path: Path, failures: list[str]) -> Exception:
-    if any(f.startswith("checksum") for f in failures):
-        return IntegrityError(checksum_mismatch_message(path), file=str(path))
-    return InputError(f"{path.name}: " + "; ".join(failures))
-
-
-def _events(
-    files: list[tuple[Path, LegacyHeader]],
-    verified: dict[Path, str],
+def _apply_file(
+    path: Path,
+    header: LegacyHeader,
+    mnemonic: str,
+    writer: Writer,
     report: ImportReport,
-) -> Iterator[Event]:
-    """The files' events; raising here aborts the journal transaction."""
-    for path, header in files:
-        counts = {"wallets": 0, "lifecycle": 0, "balances": 0}
-        when = header.timestamp
-        reader = LegacyReader(path, verify=True)
-        for kind, payload in reader:
+    workers: int,
+) -> None:
+    """Apply one file's records while its wallets are verified alongside.
+
+    Raises (the caller's transaction then rolls back) on an address that does
+    not derive, a checksum mismatch, or malformed structure.
+    """
+    counts = {"wallets": 0, "lifecycle": 0, "balances": 0}
+    when = header.timestamp
+    reader = LegacyReader(path, verify=False)  # the checksum is checked below
+    wallets = _WalletFeed()
+    # This thread keeps one core busy applying records: derive on the rest.
+    verifier = threading.Thread(
+        target=wallets.verify,
+        args=(mnemonic, max(1, workers - 1)),
+        name="vaultstore-derive",
+    )
+    verifier.start()
+    try:
+        for kind, payload in reader:  # its errors name the file and the field
             if kind == "wallet":
                 counts["wallets"] += 1
-                yield Event("wallet", payload["agentId"], payload, when)
+                writer.add(Event("wallet", payload["agentId"], payload, when))
+                wallets.add(payload)  # validated by the writer just now
             elif kind == "lifecycle":
                 counts["lifecycle"] += 1
-                yield Event("lifecycle", payload["agentId"], payload, when)
+                writer.add(Event("lifecycle", payload["agentId"], payload, when))
             else:
                 agent_id, entries = payload
                 counts["balances"] += 1
-                yield Event("balances", agent_id, entries, when)
-        if reader.summary is None or reader.summary.computed != verified[path]:
-            # The file changed between the verifying pass and this one.
-            raise IntegrityError(f"{path.name} changed while it was being imported")
-        report.files.append(
-            {
-                "file": str(path),
-                "type": header.type,
-                "timestamp": header.timestamp,
-                **counts,
-            }
+                writer.add(Event("balances", agent_id, entries, when))
+    finally:
+        wallets.close()
+        verifier.join()
+    mismatches = wallets.result()
+    if mismatches:
+        shown = ", ".join(mismatches[:20])
+        raise AddressMismatchError(
+            f"{path.name}: {len(mismatches)} wallet(s) do not derive from the "
+            f"seed: {shown}",
+            agents=mismatches,
         )
-        report.wallets += counts["wallets"]
-        report.lifecycle_records += counts["lifecycle"]
-        report.balance_lists += counts["balances"]
+    if reader.summary is None:
+        raise InputError(f"{path.name}: structure: the file was not read to its end")
+    if not reader.summary.checksum_ok:
+        raise IntegrityError(checksum_mismatch_message(path), file=str(path))
+    report.files.append(
+        {"file": str(path), "type": header.type, "timestamp": when, **counts}
+    )
+    report.wallets += counts["wallets"]
+    report.lifecycle_records += counts["lifecycle"]
+    report.balance_lists += counts["balances"]
+
+
+_END = None
+
+
+class _WalletFeed:
+    """Wallets handed from the reading thread to :func:`verify_wallets`.
+
+    Chunks travel through a bounded queue, so memory stays flat; the
+    verifying thread mostly waits on the worker processes that derive.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[list[Wallet] | None] = queue.Queue(maxsize=16)
+        self._chunk: list[Wallet] = []
+        self._outcome: list[str] | BaseException = []
+        self._stopped = threading.Event()
+
+    def add(self, wallet: dict[str, Any]) -> None:
+        self._chunk.append(
+            (
+                wallet["agentId"],
+                wallet["derivationIndex"],
+                wallet["evmAddress"],
+                wallet["xrpAddress"],
+            )
+        )
+        if len(self._chunk) >= CHUNK_SIZE:
+            self._put(self._chunk)
+            self._chunk = []
+
+    def close(self) -> None:
+        self._put(self._chunk)
+        self._put(_END)
+
+    def _put(self, item: list[Wallet] | None) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _chunks(self) -> Iterator[list[Wallet]]:
+        while (chunk := self._queue.get()) is not _END:
+            if chunk:
+                yield chunk
+
+    def verify(self, mnemonic: str, workers: int) -> None:
+        try:
+            self._outcome = verify_wallet_chunks(
+                mnemonic, self._chunks(), workers, spare_core=True
+            )
+        except BaseException as exc:  # re-raised on the importing thread
+            self._outcome = exc
+        finally:
+            self._stopped.set()
+
+    def result(self) -> list[str]:
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
