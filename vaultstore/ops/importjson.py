@@ -277,7 +277,7 @@ _END = None
 
 
 class _WalletFeed:
-    """Wallets handed from the reading thread to :func:`verify_wallets`.
+    """Wallets handed from the importing thread to :func:`verify_wallet_chunks`.
 
     Chunks travel through a bounded queue, so memory stays flat; the
     verifying thread mostly waits on the worker processes that derive.
