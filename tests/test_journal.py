@@ -493,3 +493,14 @@ def test_an_interrupted_write_is_reported_when_the_journal_opens(
     with caplog.at_level("WARNING", logger="vaultstore.journal"):
         Journal.open(vault).close()
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("agent_id", ["../x", "", "a" * 4000, "bad\x00id"])
+def test_prevalidated_events_still_have_their_agent_id_checked(
+    tmp_path: Path, agent_id: str
+) -> None:
+    """``validated=True`` skips the payload checks, never the agent id."""
+    with Journal.create(tmp_path / "v") as j:
+        with pytest.raises(InputError), j.writer(legacy=True) as writer:
+            writer.add(Event("balances", agent_id, [], None), validated=True)
+        assert j.last_lsn() == 0

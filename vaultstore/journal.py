@@ -899,14 +899,21 @@ class Writer:
         self._cache[agent_id] = entry
         return entry
 
-    def add(self, event: Event) -> int | None:
+    def add(self, event: Event, *, validated: bool = False) -> int | None:
         """Validate and apply one event; returns its LSN, or None if it was a no-op.
+
+        ``validated``: the caller has already run the model's checks on this
+        payload for this agent (the legacy reader does, on every record), so
+        only the agent id is checked again.
 
         Raises:
             InputError: the event is malformed.
             TransitionError: the lifecycle change is not allowed.
         """
-        validate_event(event)
+        if validated:
+            validate_agent_id(event.agent_id)
+        else:
+            validate_event(event)
         agent_id, kind = event.agent_id, event.kind
         old = self._cache.get(agent_id) or self._load(agent_id)
         if kind == "remove":

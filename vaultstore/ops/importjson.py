@@ -238,18 +238,22 @@ def _apply_file(
     )
     verifier.start()
     try:
-        for kind, payload in reader:  # its errors name the file and the field
+        # The reader runs the journal's own checks on every record (and its
+        # errors name the file and the field), so the writer need not.
+        for kind, payload in reader:
             if kind == "wallet":
                 counts["wallets"] += 1
-                writer.add(Event("wallet", payload["agentId"], payload, when))
-                wallets.add(payload)  # validated by the writer just now
+                event = Event("wallet", payload["agentId"], payload, when)
+                writer.add(event, validated=True)
+                wallets.add(payload)
             elif kind == "lifecycle":
                 counts["lifecycle"] += 1
-                writer.add(Event("lifecycle", payload["agentId"], payload, when))
+                event = Event("lifecycle", payload["agentId"], payload, when)
+                writer.add(event, validated=True)
             else:
                 agent_id, entries = payload
                 counts["balances"] += 1
-                writer.add(Event("balances", agent_id, entries, when))
+                writer.add(Event("balances", agent_id, entries, when), validated=True)
     finally:
         wallets.close()
         verifier.join()
