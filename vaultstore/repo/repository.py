@@ -910,12 +910,13 @@ class Repository:
                 if not known and not since:
                     # Nothing stored to reuse (a first full, say): every record
                     # is new, so place the bucket's records in one step.
-                    live = [r for r in rows if r[3] is not None]
-                    if live:
-                        agents += len(live)
-                        slots = run.batches.add_many([r[3] for r in live])  # type: ignore[misc]
+                    records = [r[3] for r in rows if r[3] is not None]
+                    if records:
+                        agents += len(records)
+                        slots = run.batches.add_many(records)
+                        ids = [r[1] for r in rows if r[3] is not None]
                         fresh_entries: list[tuple[str, bytes | None, int]] = list(
-                            zip([r[1] for r in live], itertools.repeat(None), slots)
+                            zip(ids, itertools.repeat(None), slots)
                         )
                         leaves.add(tree.PendingLeaf(bucket, fresh_entries), True)
                     continue

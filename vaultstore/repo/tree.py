@@ -249,7 +249,7 @@ class BatchWriter:
 
     def drain(self, wait: bool = True) -> None:
         """Emit the sealed batches that are done, oldest first; with ``wait``,
-        wait for at least the oldest (for all when nothing else is queued)."""
+        first wait until at most :data:`SEALS_IN_FLIGHT` remain in flight."""
         queue = self._in_flight
         while queue and (wait or queue[0][1].done()):
             oid, future = queue.popleft()
