@@ -1,6 +1,6 @@
 """Journal.bulk_load as restore drives it: chunked scans, fallbacks, durability.
 
-Every test runs twice: with SQLite in this process, and with the loader child
+The loads run twice: with SQLite in this process, and with the loader child
 process that large restores use (``LOADER_PROCESS_MIN`` set to 0).
 """
 
@@ -43,16 +43,20 @@ def expected_digest(datas: list[bytes]) -> bytes:
     return digest
 
 
-@pytest.fixture(autouse=True, params=["in-process", "loader-process"])
-def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+@pytest.fixture(params=["in-process", "loader-process"])
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal_mod, "BULK_ROWS", 7)
-    if request.param == "loader-process":
-        monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 0)
-    else:
-        monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 1 << 62)
-    return str(request.param)
+    child = request.param == "loader-process"
+    monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 0 if child else 1 << 62)
 
 
+@pytest.fixture
+def child_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_mod, "BULK_ROWS", 7)
+    monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 0)
+
+
+@pytest.mark.usefixtures("loader")
 def test_bulk_load_counts_hashes_and_verifies(tmp_path: Path) -> None:
     states = ["active", "suspended", "pending", "archived", None]
     records = [record(n, states[n % 5]) for n in range(60)]
@@ -78,6 +82,7 @@ def test_bulk_load_counts_hashes_and_verifies(tmp_path: Path) -> None:
     assert not (tmp_path / "v" / "journal.db-journal").exists()
 
 
+@pytest.mark.usefixtures("loader")
 @pytest.mark.parametrize(
     "bad",
     [
@@ -98,12 +103,14 @@ def test_a_bad_record_fails_the_load_and_leaves_no_journal(
     assert not (tmp_path / "v" / "journal.db").exists()
 
 
+@pytest.mark.usefixtures("loader")
 def test_duplicates_across_chunks_are_refused(tmp_path: Path) -> None:
     datas = [encode_record(record(n)) for n in range(10)]
     with pytest.raises(IntegrityError, match="appears twice"):
         Journal.bulk_load(tmp_path / "v", [*datas, datas[2]], 5)
 
 
+@pytest.mark.usefixtures("loader")
 def test_a_crash_inside_the_load_leaves_no_visible_rows(tmp_path: Path) -> None:
     """The load runs in one transaction with a rollback journal: all or nothing."""
 
@@ -142,11 +149,10 @@ class _Spy:
         monkeypatch.setattr(journal_mod.subprocess, "Popen", popen)
 
 
+@pytest.mark.usefixtures("child_loader")
 def test_a_killed_loader_fails_the_load_cleanly(
-    tmp_path: Path, loader: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if loader != "loader-process":
-        pytest.skip("only the loader process can be killed on its own")
     spy = _Spy(monkeypatch)
 
     def records() -> Any:
@@ -161,12 +167,11 @@ def test_a_killed_loader_fails_the_load_cleanly(
     assert sorted(p.name for p in (tmp_path / "v").iterdir()) == []
 
 
+@pytest.mark.usefixtures("child_loader")
 def test_a_failing_reader_stops_the_loader(
-    tmp_path: Path, loader: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The parent's error wins, the child is reaped, nothing is committed."""
-    if loader != "loader-process":
-        pytest.skip("covered by test_a_crash_inside_the_load_leaves_no_visible_rows")
     spy = _Spy(monkeypatch)
 
     def records() -> Any:

@@ -719,10 +719,12 @@ class Journal(_Reader):
                 journal._bulk_insert_elsewhere(records, lsn)
             else:
                 journal._bulk_insert(records, lsn)
-        except BaseException:
+        except BaseException as exc:
             journal.close()
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(journal.path) + suffix).unlink(missing_ok=True)
+            if isinstance(exc, IntegrityError) and "UNIQUE" in exc.message:
+                raise IntegrityError("bulk load: an agent appears twice") from exc
             raise
         return journal
 
@@ -735,12 +737,7 @@ class Journal(_Reader):
             digest = _insert_chunks(conn, _scanned_chunks(records, counts), lsn)
             _end_load(conn, lsn, digest, counts)
 
-        try:
-            _guard(self.path, run)
-        except IntegrityError as exc:
-            if "UNIQUE" in exc.message:
-                raise IntegrityError("bulk load: an agent appears twice") from exc
-            raise
+        _guard(self.path, run)
         _fsync_file(self.path)
         faults.point("journal.commit.after")
         self._fix_modes()
@@ -1139,10 +1136,7 @@ def _raise_loader_failure(answer: bytes, code: int, path: Path) -> None:
         return
     if isinstance(reply, list) and len(reply) == 3 and reply[0] == "error":
         cls = _LOADER_ERRORS.get(str(reply[1]), LocalIOError)
-        message = str(reply[2])
-        if "UNIQUE" in message:
-            raise IntegrityError("bulk load: an agent appears twice")
-        raise cls(message, path=str(path))
+        raise cls(str(reply[2]), path=str(path))
     raise LocalIOError(
         f"journal {path}: the loader process failed (exit status {code})",
         path=str(path),
