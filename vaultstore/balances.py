@@ -250,31 +250,46 @@ def _parallel_map(func: Any, batches: list[Any], workers: int) -> list[Any]:
         return list(pool.map(func, batches))
 
 
-class EvmRpcSource:
-    """Balances from an Ethereum JSON-RPC node (ETH and ERC-20 tokens)."""
+class _RpcSource:
+    """What the JSON-RPC sources share: a client, a batch size, a thread count.
 
-    name = "evm-rpc"
-    chains = frozenset({"evm"})
+    ``batch_size`` and ``workers`` default to the subclass's
+    :attr:`BATCH_SIZE` and :attr:`WORKERS`.
+    """
+
+    LABEL = ""
+    BATCH_SIZE = 1
+    WORKERS = 1
 
     def __init__(
         self,
         url: str,
         *,
-        batch_size: int = 100,
-        workers: int = 4,
+        batch_size: int | None = None,
+        workers: int | None = None,
         timeout: float = 10.0,
         attempts: int = 3,
         backoff: float = 0.25,
     ) -> None:
         self.client = JsonRpcClient(
             url,
-            label="EVM JSON-RPC",
+            label=self.LABEL,
             timeout=timeout,
             attempts=attempts,
             backoff=backoff,
         )
-        self.batch_size = max(1, batch_size)
-        self.workers = workers
+        self.batch_size = max(1, self.BATCH_SIZE if batch_size is None else batch_size)
+        self.workers = self.WORKERS if workers is None else workers
+
+
+class EvmRpcSource(_RpcSource):
+    """Balances from an Ethereum JSON-RPC node (ETH and ERC-20 tokens)."""
+
+    name = "evm-rpc"
+    chains = frozenset({"evm"})
+    LABEL = "EVM JSON-RPC"
+    BATCH_SIZE = 100
+    WORKERS = 4
 
     def fetch(self, queries: Sequence[BalanceQuery]) -> list[Lookup]:
         """eth_getBalance / balanceOf for every query, in batch arrays."""
@@ -335,7 +350,7 @@ def _evm_lookup(item: dict[str, Any] | None, method: str) -> Lookup:
     return Lookup(int(result, 16))
 
 
-class XrplRpcSource:
+class XrplRpcSource(_RpcSource):
     """XRP balances from an XRP Ledger JSON-RPC server, on the validated ledger.
 
     ``batch_size`` above 1 packs that many ``account_info`` calls into one
@@ -348,26 +363,9 @@ class XrplRpcSource:
 
     name = "xrpl-rpc"
     chains = frozenset({"xrp"})
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        batch_size: int = 1,
-        workers: int = 8,
-        timeout: float = 10.0,
-        attempts: int = 3,
-        backoff: float = 0.25,
-    ) -> None:
-        self.client = JsonRpcClient(
-            url,
-            label="XRPL JSON-RPC",
-            timeout=timeout,
-            attempts=attempts,
-            backoff=backoff,
-        )
-        self.batch_size = max(1, batch_size)
-        self.workers = workers
+    LABEL = "XRPL JSON-RPC"
+    BATCH_SIZE = 1
+    WORKERS = 8
 
     def fetch(self, queries: Sequence[BalanceQuery]) -> list[Lookup]:
         """account_info for every XRP query; other tokens are unsupported."""
