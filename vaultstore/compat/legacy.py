@@ -330,21 +330,15 @@ def _write_records(
     for record in records:
         if record.wallet is not None:
             compact, pretty = dumps_pair(record.wallet, 2)
-            if wallets:
-                hasher.update(encode_utf8("," + compact))
-                out.write(encode_utf8(",\n    " + pretty))
-            else:
-                hasher.update(encode_utf8(compact))
-                out.write(encode_utf8("\n    " + pretty))
+            sep = "," if wallets else ""
+            hasher.update(encode_utf8(sep + compact))
+            out.write(encode_utf8(sep + "\n    " + pretty))
             wallets += 1
         if record.lifecycle is not None:
             compact, pretty = dumps_pair(record.lifecycle, 2)
-            if lifecycles:
-                life_c.write(encode_utf8("," + compact))
-                life_p.write(encode_utf8(",\n    " + pretty))
-            else:
-                life_c.write(encode_utf8(compact))
-                life_p.write(encode_utf8("\n    " + pretty))
+            sep = "," if lifecycles else ""
+            life_c.write(encode_utf8(sep + compact))
+            life_p.write(encode_utf8(sep + "\n    " + pretty))
             lifecycles += 1
         if record.balances is not None:
             spool.add(record.agent_id, record.balances)
