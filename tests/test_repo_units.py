@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
@@ -10,10 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.memory_store import MemoryStore
 from vaultstore.crypto.purpose import RepoKeys
-from vaultstore.errors import IntegrityError
+from vaultstore.errors import IntegrityError, LocalIOError
 from vaultstore.repo import tree
-from vaultstore.repo.objects import ObjectCodec, decode_batch
+from vaultstore.repo.objects import BATCH, ObjectCodec, decode_batch
+from vaultstore.repo.pack import (
+    PACKS_IN_FLIGHT,
+    PackWriter,
+    TocEntry,
+    pack_name,
+    read_toc,
+)
 
 
 @given(st.binary(max_size=300))
@@ -147,3 +157,71 @@ def test_add_many_places_records_exactly_like_add(
     assert got == expected
     assert single.ids == grouped.ids
     assert [o[1] for o in one] == [o[1] for o in many]
+
+
+def _fill(writer: PackWriter, objects: int) -> None:
+    codec = writer.codec
+    rng = random.Random(7)  # incompressible, and the same for every writer
+    for n in range(objects):
+        oid, sealed = codec.seal(BATCH, msgpack.packb([n, rng.randbytes(600)]))
+        writer.add(BATCH, oid, sealed)
+
+
+def test_packs_written_on_a_helper_thread_equal_inline_ones() -> None:
+    """Same tables, reported in order, each pack stored before it is reported."""
+    codec = _codec()
+    stores = MemoryStore(), MemoryStore()
+    tables: list[list[list[TocEntry]]] = [[], []]
+
+    def reporter(store: MemoryStore, out: list[list[TocEntry]]) -> Callable[..., None]:
+        def on_written(pack_id: bytes, entries: list[TocEntry], size: int) -> None:
+            assert len(store.get(pack_name(pack_id))) == size
+            assert read_toc(store, codec, pack_id) == entries
+            out.append(entries)
+
+        return on_written
+
+    inline = PackWriter(stores[0], codec, 8192, reporter(stores[0], tables[0]))
+    with ThreadPoolExecutor(1) as pool:
+        threaded = PackWriter(
+            stores[1], codec, 8192, reporter(stores[1], tables[1]), pool
+        )
+        for writer in (inline, threaded):
+            _fill(writer, 200)
+            writer.flush()
+        threaded.wait()
+    assert len(tables[1]) == threaded.packs_written > PACKS_IN_FLIGHT
+    assert [[e.kind for e in t] for t in tables[0]] == [
+        [e.kind for e in t] for t in tables[1]
+    ]
+    assert [len(t) for t in tables[0]] == [len(t) for t in tables[1]]
+    assert inline.bytes_written == threaded.bytes_written
+    assert len(stores[1].data) == threaded.packs_written
+
+
+def test_a_failed_pack_write_on_the_helper_thread_is_raised_and_not_reported() -> None:
+    codec = _codec()
+    store = MemoryStore()
+    reported: list[bytes] = []
+    calls = 0
+    real_put = store.put
+
+    def failing_put(name: str, data: bytes, *, overwrite: bool = False) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise LocalIOError("disk full while writing a pack")
+        real_put(name, data, overwrite=overwrite)
+
+    store.put = failing_put  # type: ignore[method-assign]
+    with ThreadPoolExecutor(1) as pool:
+        writer = PackWriter(
+            store, codec, 8192, lambda p, e, s: reported.append(p), pool
+        )
+        with pytest.raises(LocalIOError, match="disk full"):
+            _fill(writer, 200)
+            writer.flush()
+            writer.wait()
+    # Only the packs before the failed one were reported (and so indexed).
+    assert len(reported) == 2
+    assert all(pack_name(p) in store.data for p in reported)

@@ -28,10 +28,11 @@ import logging
 import os
 import struct
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgpack
 
@@ -49,6 +50,8 @@ TRAILER_MAGIC = b"VSPKEND1"
 TRAILER = struct.Struct(">QI8s")
 DEFAULT_PACK_SIZE = 4 * 1024 * 1024
 PACK_ID_SIZE = 16
+# Full packs handed to a PackWriter's writer thread and not yet stored.
+PACKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,18 @@ def toc_associated(codec: ObjectCodec, pack_id: bytes) -> bytes:
 
 
 class PackWriter:
-    """Accumulates sealed objects and writes a pack when it reaches its size."""
+    """Accumulates sealed objects and writes a pack when it reaches its size.
+
+    With a ``writer`` executor (one thread), the store write of a full pack
+    (temp file, fsync, rename, or an S3 PUT) runs there while the caller goes
+    on filling the next one: the write is I/O, so it overlaps the caller's
+    Python work instead of stalling it. At most :data:`PACKS_IN_FLIGHT` packs
+    wait at a time (a memory bound). ``on_written`` still runs on the calling
+    thread, in pack order, once a pack is stored; :meth:`wait` stores every
+    pack still being written and raises the first failure. A pack whose write
+    failed, or one written after it, is unreferenced garbage (no manifest
+    names it yet) that prune removes.
+    """
 
     def __init__(
         self,
@@ -92,14 +106,17 @@ class PackWriter:
         codec: ObjectCodec,
         pack_size: int = DEFAULT_PACK_SIZE,
         on_written: Callable[[bytes, list[TocEntry], int], None] | None = None,
+        writer: Executor | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
         self.pack_size = pack_size
         self.on_written = on_written
+        self.writer = writer
         self._parts: list[bytes] = [HEADER]
         self._entries: list[TocEntry] = []
         self._offset = len(HEADER)
+        self._in_flight: deque[_PackWrite] = deque()
         self.bytes_written = 0
         self.packs_written = 0
 
@@ -114,8 +131,11 @@ class PackWriter:
     def flush(self) -> None:
         """Write the pending objects as one pack (no-op when empty).
 
+        With a ``writer``, the write is handed to it and only packs already
+        stored are reported; call :meth:`wait` before referencing any of them.
+
         Raises:
-            StoreError, LocalIOError: the write failed; nothing is referenced yet.
+            StoreError, LocalIOError: a write failed; nothing is referenced yet.
         """
         if not self._entries:
             return
@@ -126,25 +146,61 @@ class PackWriter:
         )
         toc = self.codec.seal_raw(toc_plain, toc_associated(self.codec, pack_id))
         trailer = TRAILER.pack(self._offset, len(toc), TRAILER_MAGIC)
-        data = b"".join(self._parts) + toc + trailer
+        self._parts += (toc, trailer)
+        data = b"".join(self._parts)
+        entries = self._entries
+        self._parts = [HEADER]
+        self._entries = []
+        self._offset = len(HEADER)
+        if self.writer is None:
+            self._put(pack_id, data, len(entries))
+            self._written(pack_id, entries, len(data))
+            return
+        future = self.writer.submit(self._put, pack_id, data, len(entries))
+        self._in_flight.append(_PackWrite(pack_id, entries, len(data), future))
+        self._collect(PACKS_IN_FLIGHT)
+
+    def wait(self) -> None:
+        """Block until every pack handed to the writer is stored.
+
+        Raises:
+            StoreError, LocalIOError: a write failed.
+        """
+        self._collect(0)
+
+    def _collect(self, limit: int) -> None:
+        """Report stored packs in order, first waiting until at most ``limit``
+        are still being written."""
+        queue = self._in_flight
+        while queue and (len(queue) > limit or queue[0].future.done()):
+            done = queue.popleft()
+            done.future.result()
+            self._written(done.pack_id, done.entries, done.size)
+
+    def _put(self, pack_id: bytes, data: bytes, objects: int) -> None:
         faults.point("repo.pack.before-write")
         self.store.put(pack_name(pack_id), data)
         faults.point("repo.pack.after-write")
         log.debug(
             "wrote pack %s (%d objects, %d bytes)",
             pack_id.hex(),
-            len(self._entries),
+            objects,
             len(data),
             extra={"event": "repo.pack.written"},
         )
-        entries = self._entries
-        self._parts = [HEADER]
-        self._entries = []
-        self._offset = len(HEADER)
-        self.bytes_written += len(data)
+
+    def _written(self, pack_id: bytes, entries: list[TocEntry], size: int) -> None:
+        self.bytes_written += size
         self.packs_written += 1
         if self.on_written is not None:
-            self.on_written(pack_id, entries, len(data))
+            self.on_written(pack_id, entries, size)
+
+
+class _PackWrite(NamedTuple):
+    pack_id: bytes
+    entries: list[TocEntry]
+    size: int
+    future: Future[None]
 
 
 def read_toc(store: Store, codec: ObjectCodec, pack_id: bytes) -> list[TocEntry]:

@@ -998,7 +998,11 @@ class _Run:
         self.repo = repo
         self.written: set[bytes] = set()
         self.objects = 0
-        self.packs = PackWriter(repo.store, repo.codec, repo.pack_size, self._on_pack)
+        # Another writes full packs to the store (fsync or upload) meanwhile.
+        self._uploader = ThreadPoolExecutor(1, "vaultstore-pack")
+        self.packs = PackWriter(
+            repo.store, repo.codec, repo.pack_size, self._on_pack, self._uploader
+        )
         # One thread compresses and encrypts batches (C code, without the GIL)
         # while this one walks the journal: a first full's largest cost after
         # the per-record Python work.
@@ -1022,11 +1026,13 @@ class _Run:
 
     def finish(self) -> None:
         self.batches.flush()
-        self.close()
+        self._sealer.shutdown(wait=True)
         self.packs.flush()
+        self.packs.wait()
 
     def close(self) -> None:
         self._sealer.shutdown(wait=True, cancel_futures=True)
+        self._uploader.shutdown(wait=True, cancel_futures=True)
 
 
 READ_WORKERS = 1
