@@ -787,6 +787,7 @@ class Repository:
             if progress is not None:
                 progress(len(window))
         run.batches.close_batch()
+        run.batches.flush()
         ids = run.batches.ids
         out: list[bytes] = []
         for start in range(0, max(len(pending), 1), tree.CHANGES_PER_OBJECT):
@@ -938,6 +939,7 @@ class Repository:
                 if entries:
                     leaves.add(tree.PendingLeaf(bucket, entries), fresh)
             run.batches.close_batch()
+            run.batches.flush()
             leaves.resolve()
             leaves.flush()
             if leaves.pending:
@@ -956,6 +958,7 @@ class Repository:
                 changed, parent_leaves, shift, base_lsn, since, run, leaves
             )
             run.batches.close_batch()
+            run.batches.flush()
             leaves.resolve()
             leaves.flush()
             if leaves.pending:

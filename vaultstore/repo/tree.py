@@ -228,10 +228,13 @@ LEAVES_PER_SEAL = 64
 
 @dataclass
 class BatchWriter:
-    """Collects records into batches; a record's batch id is known once it closes.
+    """Collects records into batches; a record's batch id is known once it is sealed.
 
-    ``add`` returns a *pending* location ``(generation, slot)``; after
-    :meth:`close_batch`, ``ids[generation]`` is the batch's object id.
+    ``add`` returns a *pending* location ``(generation, slot)``. Without a
+    :attr:`sealer`, ``ids[generation]`` is the batch's object id as soon as
+    :meth:`close_batch` returns; with one, once the sealed batch is emitted
+    (:meth:`drain`, :meth:`flush`; ``on_close`` runs after each close, when
+    new ids may have arrived).
     """
 
     codec: ObjectCodec
@@ -245,22 +248,31 @@ class BatchWriter:
     _size: int = 0
     on_close: Callable[[], None] | None = None
     sealer: Executor | None = None
-    _in_flight: deque[tuple[bytes, Future[bytes]]] = field(default_factory=deque)
+    _in_flight: deque[tuple[int, Future[list[tuple[bytes, bytes]]]]] = field(
+        default_factory=deque
+    )
 
     def drain(self, wait: bool = True) -> None:
-        """Emit the sealed batches that are done, oldest first; with ``wait``,
-        first wait until at most :data:`SEALS_IN_FLIGHT` remain in flight."""
+        """Emit the sealed batches that are done, oldest first, learning their
+        ids; with ``wait``, first wait until at most :data:`SEALS_IN_FLIGHT`
+        remain in flight."""
         queue = self._in_flight
         while queue and (wait or queue[0][1].done()):
-            oid, future = queue.popleft()
-            self.emit(BATCH, oid, future.result())
+            self._emit_sealed(*queue.popleft())
             wait = wait and len(queue) > SEALS_IN_FLIGHT
 
     def flush(self) -> None:
-        """Emit every batch still being sealed."""
+        """Emit every batch still being sealed: afterwards every closed batch
+        has its id in :attr:`ids`."""
         while self._in_flight:
-            oid, future = self._in_flight.popleft()
-            self.emit(BATCH, oid, future.result())
+            self._emit_sealed(*self._in_flight.popleft())
+
+    def _emit_sealed(
+        self, generation: int, future: Future[list[tuple[bytes, bytes]]]
+    ) -> None:
+        [(oid, sealed)] = future.result()
+        self.ids[generation] = oid
+        self.emit(BATCH, oid, sealed)
 
     def add_many(self, records: list[bytes]) -> list[int]:
         """:meth:`add` for each record, in order; returns packed pending slots
@@ -300,27 +312,28 @@ class BatchWriter:
     def close_batch(self) -> None:
         """Seal the open batch (no-op when empty).
 
-        With a :attr:`sealer` pool, the batch id is computed here and the
-        compression and encryption run on the pool; sealed batches are emitted
-        in order as they finish (:meth:`drain`), at most
-        :data:`SEALS_IN_FLIGHT` waiting at a time.
+        With a :attr:`sealer` pool, the batch's id, compression and
+        encryption are all computed on the pool (hashing 170 KB here would
+        hand the GIL to the sealing thread and then wait to get it back);
+        sealed batches are emitted in order as they finish (:meth:`drain`),
+        at most :data:`SEALS_IN_FLIGHT` waiting at a time.
         """
         if not self._records:
             return
         plaintext = encode_batch(self._records)
         if self.sealer is None:
             oid, sealed = self.codec.seal(BATCH, plaintext)
+            self.ids[self.generation] = oid
             self.emit(BATCH, oid, sealed)
         else:
-            oid = self.codec.object_id(BATCH, plaintext)
-            future = self.sealer.submit(self.codec.seal_known, BATCH, oid, plaintext)
-            self._in_flight.append((oid, future))
-            self.drain(wait=len(self._in_flight) > SEALS_IN_FLIGHT)
-        self.ids[self.generation] = oid
+            future = self.sealer.submit(self.codec.seal_many, BATCH, [plaintext])
+            self._in_flight.append((self.generation, future))
         self.records_written += len(self._records)
         self.generation += 1
         self._records = []
         self._size = 0
+        if self.sealer is not None:
+            self.drain(wait=len(self._in_flight) > SEALS_IN_FLIGHT)
         if self.on_close is not None:
             self.on_close()
 
@@ -380,13 +393,13 @@ class LeafWriter:
 
     def resolve(self) -> None:
         """Write every pending leaf whose records are all in sealed batches."""
-        open_gen = self.batches.generation
+        ids = self.batches.ids
         keep: list[tuple[int, PendingLeaf]] = []
         for waiting in self._waiting:
-            if waiting[0] >= open_gen:
-                keep.append(waiting)
-            else:
+            if waiting[0] in ids:
                 self._write(waiting[1])
+            else:
+                keep.append(waiting)
         self._waiting = keep
 
     def _write(self, leaf: PendingLeaf) -> None:
