@@ -69,9 +69,11 @@ class FakeJournal:
             if upto is None or row_lsn <= upto:
                 yield agent_id, row_lsn, record
 
-    def iter_by_tree_key(self) -> Iterator[tuple[int, str, int, bytes | None]]:
+    def iter_by_tree_key(
+        self, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, str, int, bytes | None]]:
         rows = sorted((v[1], a, v[0], v[2]) for a, v in self.agents.items())
-        yield from rows
+        yield from (r for r in rows if r[0] >= start and (stop is None or r[0] < stop))
 
     def get_meta(self, key: str) -> bytes | None:
         return self.meta.get(key)

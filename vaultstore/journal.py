@@ -77,7 +77,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -382,13 +382,28 @@ class _Reader:
         )
         return self._stream(sql, (lsn, upto))
 
-    def iter_by_tree_key(self) -> Iterator[tuple[int, str, int, bytes | None]]:
-        """(tree_key, agent_id, lsn, record bytes or None) in tree order."""
+    def iter_by_tree_key(
+        self, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, str, int, bytes | None]]:
+        """(tree_key, agent_id, lsn, record bytes or None) in tree order, of
+        the agents whose tree key is in [start, stop)."""
+        if start == 0 and stop is None:
+            sql = (
+                "SELECT tree_key, agent_id, lsn, record FROM agents"
+                " ORDER BY tree_key, agent_id"
+            )
+            return self._stream(sql, ())
+        if stop is None:
+            sql = (
+                "SELECT tree_key, agent_id, lsn, record FROM agents"
+                " WHERE tree_key >= ? ORDER BY tree_key, agent_id"
+            )
+            return self._stream(sql, (start,))
         sql = (
             "SELECT tree_key, agent_id, lsn, record FROM agents"
-            " ORDER BY tree_key, agent_id"
+            " WHERE tree_key >= ? AND tree_key < ? ORDER BY tree_key, agent_id"
         )
-        return self._stream(sql, ())
+        return self._stream(sql, (start, stop))
 
     def iter_events(self, after: int = 0) -> Iterator[tuple[int, int, str, str, bytes]]:
         """(lsn, time_ms, agent_id, kind, payload) of events above ``after``."""
@@ -397,6 +412,24 @@ class _Reader:
             " WHERE lsn > ? ORDER BY lsn"
         )
         return self._stream(sql, (after,))
+
+
+@contextmanager
+def read_view(path: Path) -> Iterator[_Reader]:
+    """A consistent snapshot of the journal at ``path`` on a connection of its
+    own (another process may hold one too), unaffected by concurrent appends."""
+    conn = _guard(path, lambda: sqlite3.connect(str(path), isolation_level=None))
+    try:
+        _guard(path, lambda: conn.execute("BEGIN").fetchall())
+        # The read transaction takes its snapshot at its first read.
+        _guard(path, lambda: conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall())
+        yield _Reader(conn, path)
+    finally:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        conn.close()
 
 
 def _load_counts(raw: bytes | None) -> dict[str, int]:
@@ -548,25 +581,9 @@ class Journal(_Reader):
 
     # -- reading -------------------------------------------------------------
 
-    @contextmanager
-    def read_view(self) -> Iterator[_Reader]:
+    def read_view(self) -> AbstractContextManager[_Reader]:
         """A consistent snapshot of the journal, unaffected by concurrent appends."""
-        conn = _guard(
-            self.path, lambda: sqlite3.connect(str(self.path), isolation_level=None)
-        )
-        try:
-            _guard(self.path, lambda: conn.execute("BEGIN").fetchall())
-            # The read transaction takes its snapshot at its first read.
-            _guard(
-                self.path, lambda: conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
-            )
-            yield _Reader(conn, self.path)
-        finally:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            conn.close()
+        return read_view(self.path)
 
     # -- writing -------------------------------------------------------------
 

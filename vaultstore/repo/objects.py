@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import blake3
 import msgpack
@@ -91,6 +92,30 @@ class ObjectCodec:
         # zstd context must not be shared between threads, so each thread
         # gets its own (and its own AEAD context, which costs nothing).
         self._local = threading.local()
+
+    def worker_state(self) -> dict[str, Any]:
+        """What a helper process needs to build objects of this repository
+        (:meth:`from_worker_state`). Holds keys: send it through a pipe only."""
+        return {
+            "repo_id": self.repo_id,
+            "object_key": self._object_key,
+            "record_key": self._record_key,
+            "seal_key": self._seal_key,
+            "level": self._level,
+        }
+
+    @classmethod
+    def from_worker_state(cls, state: dict[str, Any]) -> ObjectCodec:
+        """The codec :meth:`worker_state` describes (in a helper process); it
+        holds no manifest keys."""
+        keys = RepoKeys(
+            record_id=bytes(state["record_key"]),
+            object_id=bytes(state["object_key"]),
+            seal=bytes(state["seal_key"]),
+            manifest_mac=b"",
+            manifest_seal=b"",
+        )
+        return cls(bytes(state["repo_id"]), keys, int(state["level"]))
 
     def _openers(self) -> tuple[Sealer, zstandard.ZstdDecompressor]:
         local = self._local

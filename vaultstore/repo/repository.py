@@ -57,7 +57,7 @@ from vaultstore.errors import (
     WrongPasswordError,
 )
 from vaultstore.model import tree_key
-from vaultstore.repo import tree
+from vaultstore.repo import split, tree
 from vaultstore.repo.index import Index
 from vaultstore.repo.manifest import (
     FULL,
@@ -118,7 +118,9 @@ class JournalLike(Protocol):
     def iter_changed_since(
         self, lsn: int, upto: int | None = None
     ) -> Iterator[tuple[str, int, bytes | None]]: ...
-    def iter_by_tree_key(self) -> Iterator[tuple[int, str, int, bytes | None]]: ...
+    def iter_by_tree_key(
+        self, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, str, int, bytes | None]]: ...
     def get_meta(self, key: str) -> bytes | None: ...
 
 
@@ -691,7 +693,7 @@ class Repository:
             root=root,
             changes=changes,
             agents=agents,
-            records_added=run.batches.records_written,
+            records_added=run.batches.records_written + run.helper_records,
             digest_before=parent.digest_after if parent else bytes(32),
             digest_after=digest_after,
             seed_envelope=seed_envelope,
@@ -911,15 +913,7 @@ class Repository:
                 if not known and not since:
                     # Nothing stored to reuse (a first full, say): every record
                     # is new, so place the bucket's records in one step.
-                    records = [r[3] for r in rows if r[3] is not None]
-                    if records:
-                        agents += len(records)
-                        slots = run.batches.add_many(records)
-                        ids = [r[1] for r in rows if r[3] is not None]
-                        fresh_entries: list[tuple[str, bytes | None, int]] = list(
-                            zip(ids, itertools.repeat(None), slots)
-                        )
-                        leaves.add(tree.PendingLeaf(bucket, fresh_entries), True)
+                    agents += tree.place_new(bucket, rows, run.batches, leaves)
                     continue
                 entries: list[tuple[str, bytes | None, int]] = []
                 fresh = False
@@ -964,6 +958,25 @@ class Repository:
             if leaves.pending:
                 raise IntegrityError("internal: tree leaves left unresolved")
             agents = int(journal.counts()["agents"])
+        elif (helper := self._helper(journal, bits, same or bool(since))) is not None:
+            # A full that reuses nothing, of many agents: a helper process
+            # builds the upper half of the buckets meanwhile (repo/split.py).
+            try:
+                split_key = helper.first << shift
+                agents = consume(journal.iter_by_tree_key(0, split_key))
+                half = helper.result()
+                if half is None:  # its view of the journal moved: build it here
+                    agents += consume(journal.iter_by_tree_key(split_key))
+                else:
+                    for kind, oid, sealed in helper.objects():
+                        run.emit(kind, oid, sealed)
+                    leaf_ids[helper.first * ID_SIZE :] = half.leaf_ids
+                    agents += half.agents
+                    run.helper_records += half.records
+                    if progress is not None:
+                        progress(half.agents)
+            finally:
+                helper.close()
         else:
             # One thread reads the journal and builds the tree; batches are
             # compressed and sealed on another (BatchWriter.sealer). Reading
@@ -980,6 +993,34 @@ class Repository:
         oid, sealed = self.codec.seal(ROOT, tree.encode_root(root))
         run.emit(ROOT, oid, sealed)
         return oid, agents
+
+    def _helper(
+        self, journal: JournalLike, bits: int, reuses: bool
+    ) -> split.HalfBuilder | None:
+        """A helper process for the upper half of a full that reuses nothing
+        from earlier snapshots, when it pays off (many agents, two cores)."""
+        path = getattr(journal, "path", None)
+        if reuses or bits < 1 or not isinstance(path, Path):
+            return None
+        if (os.cpu_count() or 1) < 2:
+            return None
+        if int(journal.counts()["agents"]) < split.split_min():
+            return None
+        first = 1 << (bits - 1)
+        log.info(
+            "buckets %d to %d of the full go to a helper process",
+            first,
+            (1 << bits) - 1,
+            extra={"event": "repo.full.split", "bits": bits},
+        )
+        return split.HalfBuilder(
+            path,
+            self.codec,
+            bits=bits,
+            first=first,
+            lsn=journal.last_lsn(),
+            batch_records=self.batch_records,
+        )
 
     # --------------------------------------------------------------- check
     def check(self, read_data: bool = False) -> CheckReport:
@@ -1001,6 +1042,7 @@ class _Run:
         self.repo = repo
         self.written: set[bytes] = set()
         self.objects = 0
+        self.helper_records = 0  # records a helper process stored (split.py)
         # Another writes full packs to the store (fsync or upload) meanwhile.
         self._uploader = ThreadPoolExecutor(1, "vaultstore-pack")
         self.packs = PackWriter(

@@ -458,3 +458,24 @@ def pending_slot(generation: int, slot: int) -> int:
     if not 0 <= slot < 1 << 20:
         raise ValueError("batch slot out of range")
     return (generation << 20) | slot
+
+
+JournalRow = tuple[int, str, int, "bytes | None"]  # tree key, agentId, lsn, record
+
+
+def place_new(
+    bucket: int, rows: list[JournalRow], batches: BatchWriter, leaves: LeafWriter
+) -> int:
+    """Store every live record of one bucket's journal rows anew and queue
+    the bucket's leaf (nothing stored earlier is reused). Returns the number
+    of live agents."""
+    records = [r[3] for r in rows if r[3] is not None]
+    if not records:
+        return 0
+    slots = batches.add_many(records)
+    ids = [r[1] for r in rows if r[3] is not None]
+    entries: list[tuple[str, bytes | None, int]] = list(
+        zip(ids, itertools.repeat(None), slots)
+    )
+    leaves.add(PendingLeaf(bucket, entries), True)
+    return len(records)
