@@ -117,13 +117,14 @@ def _keccak256_oneshot() -> Digest | None:
     def digest(data: bytes) -> bytes:
         out = new_buffer(32)
         if oneshot(data, size_t(len(data)), out, length, capacity, rounds, padding):
-            raise ValueError("Keccak-256 failed")
+            # Not ValueError: that would read as a wallet mismatch.
+            raise RuntimeError("pycryptodome's one-shot Keccak-256 failed")
         result: bytes = read_buffer(out)
         return result
 
     try:
         works = digest(b"abc") == _KECCAK256_ABC
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, RuntimeError):
         works = False
     return digest if works else None
 
@@ -153,6 +154,12 @@ def _pick_keccak256() -> Digest:
 
 _keccak256 = _pick_keccak256()
 _ripemd160 = _pick_ripemd160()
+log.debug(
+    "derivation hashes: Keccak-256 via %s, RIPEMD-160 via %s",
+    "keccak.new" if _keccak256 is _keccak256_object else "the one-shot function",
+    "pycryptodome" if _ripemd160 is _ripemd160_pycryptodome else "hashlib",
+    extra={"event": "derive.hashes"},
+)
 
 
 class _HmacSha512:
