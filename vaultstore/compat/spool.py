@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 __all__ = ["RecordSpool", "SLOTS"]
 
 SLOTS = {"wallet": 1, "lifecycle": 2, "balances": 3}
-RUN_ENTRIES = 100_000
-RUN_BYTES = 32 << 20
+RUN_ENTRIES = 50_000
+RUN_BYTES = 16 << 20
 READ_SIZE = 256 << 10
 _NIL = msgpack.packb(None)
 _ARRAY4 = b"\x94"  # msgpack fixarray of 4: a record is the concatenation of parts
