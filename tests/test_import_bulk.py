@@ -246,6 +246,7 @@ def test_a_bulk_loaded_vault_backs_up_restores_and_takes_more_imports(
         assert journal.state_digest() == digest
 
 
+@pytest.mark.reliability(1)
 @pytest.mark.parametrize("loader_min", ["0", "1000000"], ids=["loader", "inline"])
 def test_kill_at_every_write_point_of_a_new_vault_leaves_no_vault(
     golden: Path, tmp_path: Path, loader_min: str

@@ -8,22 +8,33 @@ Order of work, so that a bad file leaves nothing behind:
 2. For every file: decrypt the seed (PBKDF2 under the password and the
    ``encryption-salt``) and require the same mnemonic in every file (and in
    the vault, if it exists).
-3. One journal transaction for all files, one streaming pass per file: each
-   record is applied as it is read — per file wallets, then lifecycle records
-   as *recorded states* (``legacy=True``: a jump the live state machine would
-   refuse is applied with a warning), then balances — while a pool of worker
-   processes re-derives every wallet's addresses from the seed and the reader
-   computes the checksum. Only when a file's checksum, structure and every
-   address check out does the next file start; only when all do is the
-   transaction committed. Any failure rolls it back: nothing is committed
-   before everything is verified. A missing vault is created in a staging
-   directory beside its path and renamed into place after the commit, so a
-   failed or killed import leaves no vault behind either.
+3. One streaming pass per file: the reader validates every record and
+   computes the checksum while a pool of worker processes re-derives every
+   wallet's addresses from the seed. Only when a file's checksum, structure
+   and every address check out does the next file start.
 
-Why one pass: verifying first and applying in a second pass read and
-re-serialised every file twice, and left one core idle while the other
-applied events; overlapping the address derivation (worker processes) with
-the journal writes (this process) nearly halves the time on two cores.
+Where the records go depends on whether the vault exists:
+
+- **A new vault** (the usual migration or disaster-recovery case): the records
+  are spooled, per section, into sorted runs in a staging directory beside
+  the vault's path (:mod:`vaultstore.compat.spool`). Once every file has
+  checked out, the runs are merged into one record per agent in tree order —
+  per agent the last wallet, lifecycle record and balance list in file order,
+  exactly what applying them one by one would leave — and loaded with
+  :meth:`Journal.bulk_load` as the journal's base state (``base_lsn`` = the
+  number of items read, no events), as a restore loads a snapshot. Then the
+  seed is sealed into the staging vault (:meth:`Vault.adopt`) and the
+  directory is renamed into place. Any failure removes the staging
+  directory; a killed import leaves only ``.NAME.import-*``.
+- **An existing vault**: one journal transaction for all files, each record
+  applied as it is read (lifecycle records as *recorded states*,
+  ``legacy=True``: a jump the live state machine would refuse is applied with
+  a warning, which the spool's join logs too), committed only when every
+  file has checked out; any failure rolls it back.
+
+Why the bulk load: the writer validated, looked up and rewrote each agent's
+projection row once per item (three times per agent) and logged every item
+as an event; the load writes each record once, appending in tree order.
 
 Import upserts: agents already in the vault and absent from a file are left
 as they are (a legacy full does not express removals; archived agents'
@@ -51,6 +62,7 @@ from vaultstore.compat.legacy import (
 from vaultstore.compat.spool import SLOTS, RecordSpool
 from vaultstore.crypto.derive import CHUNK_SIZE, Wallet, verify_wallet_chunks
 from vaultstore.crypto.password import check_password
+from vaultstore.crypto.seed import normalize_mnemonic
 from vaultstore.errors import (
     AddressMismatchError,
     InputError,
@@ -67,7 +79,7 @@ from vaultstore.vault import Vault
 
 log = logging.getLogger(__name__)
 
-SPOOL_DIR = "import-spool"  # inside the staging directory, removed before the load ends
+SPOOL_DIR = "import-spool"  # in the staging directory; removed once loaded
 
 
 @dataclass
@@ -174,7 +186,9 @@ def _import_new(
     """Create the vault: spool and verify every file, then bulk-load the join."""
     _check_chain(files, None, allow_partial)
     mnemonic = _open_seeds(files, password, salt_file, None)
-    check_password(password)  # the vault takes this password: refuse it early
+    # What Vault.adopt refuses at the end, refused before the files are read.
+    normalize_mnemonic(mnemonic)
+    check_password(password)
     _refuse_occupied(vault_path)
     report = ImportReport(vault=str(vault_path), created_vault=True)
     staging = _staging_dir(vault_path)
@@ -210,7 +224,7 @@ def _load_staged(
     try:
         apply = _spool_apply(spool)
         for path, header in files:
-            # Spooling is light: derive on every core, this thread included.
+            # Spooling is lighter than writing: one deriving process per core.
             _apply_file(path, header, mnemonic, apply, report, workers)
         lsn = report.wallets + report.lifecycle_records + report.balance_lists
         faults.point("import.load.before")
