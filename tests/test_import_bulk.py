@@ -24,6 +24,7 @@ from tests.test_compat_properties import states
 from vaultstore.compat import spool
 from vaultstore.crypto.derive import WalletDeriver
 from vaultstore.crypto.seed import mnemonic_to_seed
+from vaultstore.errors import InputError
 from vaultstore.journal import Journal
 from vaultstore.model import Record
 from vaultstore.ops.backup import init_repository, open_repository, run_backup
@@ -297,3 +298,23 @@ def test_the_loader_process_gets_no_password_in_its_environment(
     assert seen, "the loader process did not run"
     for env in seen:
         assert PASSWORD not in env.values()
+
+
+def test_a_bad_agent_id_that_only_keys_an_empty_balance_list_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = _export(
+        tmp_path / "f" / "a.json",
+        [Record("bad/agent", None, None, [])],
+        "full",
+        T0,
+    )
+    for vault_dir in (tmp_path / "bulk", tmp_path / "writer"):
+        if vault_dir.name == "writer":
+            Vault.create(vault_dir, PASSWORD, MNEMONIC, "test").close()
+        with pytest.raises(InputError, match="agentId"):
+            import_json(vault_dir, [path], PASSWORD, profile="test", workers=1)
+    assert not (tmp_path / "bulk").exists()
+    assert not list(tmp_path.glob(".bulk.import-*"))
+    with Journal.open(tmp_path / "writer") as journal:
+        assert journal.counts()["agents"] == 0

@@ -56,6 +56,7 @@ SLOTS = {"wallet": 1, "lifecycle": 2, "balances": 3}
 RUN_ENTRIES = 50_000
 RUN_BYTES = 16 << 20
 READ_SIZE = 256 << 10
+MAX_ENTRY = 1 << 31  # an item's strings are each below the reader's MAX_STRING
 _NIL = msgpack.packb(None)
 _ARRAY4 = b"\x94"  # msgpack fixarray of 4: a record is the concatenation of parts
 _SEQ = 8  # bytes of the sequence number at the end of a key
@@ -153,7 +154,13 @@ class RecordSpool:
         handles = [open(run.path, "rb") for run in self._runs]
         try:
             streams = [
-                msgpack.Unpacker(h, use_list=False, raw=False, read_size=READ_SIZE)
+                msgpack.Unpacker(
+                    h,
+                    use_list=False,
+                    raw=False,
+                    read_size=READ_SIZE,
+                    max_buffer_size=MAX_ENTRY,
+                )
                 for h in handles
             ]
             merged: Iterator[Entry] = (

@@ -70,6 +70,7 @@ from vaultstore.errors import (
     MisuseError,
 )
 from vaultstore.journal import Event, Journal, Writer
+from vaultstore.model import validate_agent_id
 from vaultstore.ops.verifyjson import (
     decrypt_file_seed,
     load_salt,
@@ -249,6 +250,10 @@ def _spool_apply(spool: RecordSpool) -> Apply:
     add, slots = spool.add, SLOTS
 
     def apply(kind: str, agent_id: str, payload: Any) -> None:
+        if kind == "balances":
+            # The wallet and lifecycle validators check their agentId; an
+            # empty balance list names its agent only in the key.
+            validate_agent_id(agent_id)
         add(slots[kind], agent_id, payload)
 
     return apply
