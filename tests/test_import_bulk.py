@@ -101,6 +101,10 @@ def test_the_golden_vector_gives_the_writers_state(
         assert list(journal.iter_events()) == []
     assert not list(tmp_path.glob(".bulk.import-*"))
     assert stat.S_IMODE((tmp_path / "bulk").stat().st_mode) == 0o700
+    # A vault path whose parents do not exist yet, as for `vaultstore init`.
+    deep = tmp_path / "new" / "parents" / "vault"
+    import_json(deep, [golden], PASSWORD, profile="test", workers=1)
+    assert _state(deep) == bulk
 
 
 def test_a_full_and_its_incrementals_give_the_writers_state(
@@ -259,7 +263,7 @@ def test_kill_at_every_write_point_of_a_new_vault_leaves_no_vault(
     )
     assert done.code == 0, done.err
     points = trace.read_text().split()
-    assert {"import.load.before", "import.before-rename"} <= set(points)
+    assert {"import.before-load", "import.before-rename"} <= set(points)
     expected = _state(tmp_path / "probe")
     for number in range(1, len(points) + 1):
         target = tmp_path / f"killed-{number}"

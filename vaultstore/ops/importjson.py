@@ -219,7 +219,7 @@ def _load_staged(
     numbered them, had none been a no-op.
     """
     spool_dir = staging / SPOOL_DIR
-    _make_private_dir(staging)
+    _make_private_dir(staging, parents=True)  # as Vault.create makes a vault
     _make_private_dir(spool_dir)
     spool = RecordSpool(spool_dir)
     try:
@@ -228,7 +228,7 @@ def _load_staged(
             # Spooling is lighter than writing: one deriving process per core.
             _apply_file(path, header, mnemonic, apply, report, workers)
         lsn = report.wallets + report.lifecycle_records + report.balance_lists
-        faults.point("import.load.before")
+        faults.point("import.before-load")
         journal = Journal.bulk_load(
             staging, spool.records(), lsn, expected=report.wallets
         )
@@ -259,9 +259,9 @@ def _spool_apply(spool: RecordSpool) -> Apply:
     return apply
 
 
-def _make_private_dir(path: Path) -> None:
+def _make_private_dir(path: Path, parents: bool = False) -> None:
     try:
-        path.mkdir(mode=0o700)
+        path.mkdir(mode=0o700, parents=parents)
         os.chmod(path, 0o700)
     except OSError as exc:
         raise durable.io_error(f"the import staging directory {path}", exc) from exc
