@@ -11,6 +11,8 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vaultstore.cli import compat_cmds
 from vaultstore.cli.common import Settings
@@ -761,3 +763,46 @@ def test_the_number_guard_sees_a_digit_run_split_across_chunks() -> None:
     fine = _Guard("y.json")
     fine.feed(b'{"a": ' + b"1" * 600)
     fine.feed(b', "b": ' + b"2" * 600 + b"}")
+
+
+_GUARD_TEXT = st.text(alphabet='[]{}"\\ab1\n\u2028', max_size=12)
+_GUARD_VALUES = st.recursive(
+    st.one_of(_GUARD_TEXT, st.integers(0, 10**30)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(_GUARD_TEXT, inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@given(value=_GUARD_VALUES, cuts=st.lists(st.integers(0, 1 << 16), max_size=6))
+def test_the_guard_follows_escaped_strings_across_any_chunk_boundary(
+    value: Any, cuts: list[int]
+) -> None:
+    """Quotes and backslashes inside strings, split anywhere: the guard ends
+    outside every string, at depth 0, and refuses only real nesting."""
+    from vaultstore.compat import legacy
+
+    text = json.dumps(value).encode()
+    deep = (b"[" * legacy.MAX_NESTING) + text + (b"]" * legacy.MAX_NESTING)
+    for doc, refused in ((text, False), (deep, _depth(value) > 0)):
+        guard = legacy._Guard("g.json")
+        marks = sorted(cut % (len(doc) + 1) for cut in cuts) + [len(doc)]
+        start = 0
+        try:
+            for mark in marks:
+                guard.feed(doc[start:mark])
+                start = mark
+        except InputError as exc:
+            assert refused and "nested deeper" in exc.message
+            continue
+        assert not refused
+        assert (guard.carry, guard.depth) == (b"", 0)

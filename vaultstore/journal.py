@@ -1118,9 +1118,13 @@ def _end_load(
     conn.execute("PRAGMA synchronous=FULL")
 
 
+# Secrets a caller may keep in the environment: the loader needs none of them.
+_SECRET_ENV = ("VAULTSTORE_PASSWORD", "WALLET_BACKUP_PASSWORD")
+
+
 def _loader_env() -> dict[str, str]:
-    """This environment, with this copy of vaultstore first on the path."""
-    env = dict(os.environ)
+    """This environment without secrets, this copy of vaultstore first on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env

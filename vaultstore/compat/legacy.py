@@ -30,10 +30,10 @@ JavaScript orders them.
 
 The reader never holds more than one batch of items. It reads the file four
 times (the page cache makes the later reads cheap): first a guard pass that
-strips strings with a C regex and counts brackets, refusing nesting deeper
-than ``MAX_NESTING`` and strings longer than ``MAX_STRING`` before any parser
-sees them (ijson's prefix strings grow quadratically with depth); then one
-ijson (yajl2_c) ``items`` pass per section — ``wallets.item``,
+strips strings (C splits, no Python per byte) and counts brackets, refusing
+nesting deeper than ``MAX_NESTING`` and strings longer than ``MAX_STRING``
+before any parser sees them (ijson's prefix strings grow quadratically with
+depth); then one ijson (yajl2_c) ``items`` pass per section — ``wallets.item``,
 ``lifecycleRecords.item``, ``balanceSnapshots`` key/value pairs — after a
 short event parse of the header. ijson's C ``items()`` is about twice as fast
 as its coroutine pipelines, so three plain passes beat one shared read. Each
@@ -412,10 +412,9 @@ class LegacySummary(NamedTuple):
         return self.checksum == self.computed
 
 
-_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_LONG_DIGITS_RE = re.compile(rb"[0-9]{%d,}" % (MAX_NUMBER_DIGITS + 1))
-_LEADING_DIGITS_RE = re.compile(rb"[0-9]*")
-_TRAILING_DIGITS_RE = re.compile(rb"[0-9]*\Z")
+_DIGITS = b"0123456789"
+_DIGIT_MAP = bytes(b"0"[0] if byte in _DIGITS else 32 for byte in range(256))
+_LONG_RUN = b"0" * (MAX_NUMBER_DIGITS + 1)
 _NON_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _DEPTH_MAP = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
 
@@ -423,9 +422,9 @@ _DEPTH_MAP = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
 class _Guard:
     """Refuses deep nesting and huge strings in raw JSON bytes, before parsing.
 
-    Complete strings are removed with a C-speed regex, the brackets that are
-    left are counted; an unterminated string at a chunk's end is carried over
-    (and refused once it exceeds MAX_STRING).
+    Complete strings are removed (:func:`_strip_strings`), the brackets that
+    are left are counted; an unterminated string at a chunk's end is carried
+    over (and refused once it exceeds MAX_STRING).
     """
 
     def __init__(self, name: str) -> None:
@@ -436,20 +435,12 @@ class _Guard:
         self.digits = 0  # length of the digit run the last chunk ended in
 
     def feed(self, chunk: bytes) -> None:
-        buf = self.carry + chunk
-        stripped = _STRING_RE.sub(b"", buf)
-        quote = stripped.find(b'"')
-        if quote >= 0:
-            tail = len(stripped) - quote
-            self.carry = buf[len(buf) - tail :]
-            stripped = stripped[:quote]
-            if len(self.carry) > MAX_STRING:
-                raise InputError(
-                    f"{self.name}: a string near byte {self.offset} is longer than "
-                    f"{MAX_STRING} bytes"
-                )
-        else:
-            self.carry = b""
+        stripped, self.carry = _strip_strings(self.carry + chunk)
+        if len(self.carry) > MAX_STRING:
+            raise InputError(
+                f"{self.name}: a string near byte {self.offset} is longer than "
+                f"{MAX_STRING} bytes"
+            )
         self.offset += len(chunk)
         self._check_numbers(stripped)
         brackets = stripped.translate(_DEPTH_MAP, _NON_BRACKETS)
@@ -465,16 +456,33 @@ class _Guard:
 
     def _check_numbers(self, stripped: bytes) -> None:
         """Refuse a number literal of more than MAX_NUMBER_DIGITS digits."""
-        lead = _LEADING_DIGITS_RE.match(stripped)
-        run = self.digits + (lead.end() if lead else 0)
-        if run > MAX_NUMBER_DIGITS or _LONG_DIGITS_RE.search(stripped):
+        lead = len(stripped) - len(stripped.lstrip(_DIGITS))
+        run = self.digits + lead
+        # Digits become "0", all else a space: a long run is then a substring
+        # search (C, linear), where a regex retried at every digit.
+        if run > MAX_NUMBER_DIGITS or _LONG_RUN in stripped.translate(_DIGIT_MAP):
             raise InputError(
                 f"{self.name}: a number near byte {self.offset} has more than "
                 f"{MAX_NUMBER_DIGITS} digits"
             )
-        tail = _TRAILING_DIGITS_RE.search(stripped)
-        ended_in = tail.end() - tail.start() if tail else 0
+        ended_in = len(stripped) - len(stripped.rstrip(_DIGITS))
         self.digits = run if ended_in == len(stripped) else ended_in
+
+
+def _strip_strings(buf: bytes) -> tuple[bytes, bytes]:
+    """``buf`` without its complete strings, and the unterminated one it ends in.
+
+    Escaped backslashes, then escaped quotes, are dropped first; the quotes
+    left delimit strings, so strings are the odd parts of a split on ``"``
+    (all C: a regex over the strings cost 20 ms per MiB). The carried string
+    is returned without its escapes, which changes nothing when it is fed
+    again with the next chunk.
+    """
+    if b"\\" in buf:
+        buf = buf.replace(b"\\\\", b"").replace(b'\\"', b"")
+    parts = buf.split(b'"')
+    outside = b"".join(parts[0::2])
+    return outside, (b'"' + parts[-1] if len(parts) % 2 == 0 else b"")
 
 
 def _normalize(value: Any) -> Any:

@@ -8,22 +8,33 @@ Order of work, so that a bad file leaves nothing behind:
 2. For every file: decrypt the seed (PBKDF2 under the password and the
    ``encryption-salt``) and require the same mnemonic in every file (and in
    the vault, if it exists).
-3. One journal transaction for all files, one streaming pass per file: each
-   record is applied as it is read — per file wallets, then lifecycle records
-   as *recorded states* (``legacy=True``: a jump the live state machine would
-   refuse is applied with a warning), then balances — while a pool of worker
-   processes re-derives every wallet's addresses from the seed and the reader
-   computes the checksum. Only when a file's checksum, structure and every
-   address check out does the next file start; only when all do is the
-   transaction committed. Any failure rolls it back: nothing is committed
-   before everything is verified. A missing vault is created in a staging
-   directory beside its path and renamed into place after the commit, so a
-   failed or killed import leaves no vault behind either.
+3. One streaming pass per file: the reader validates every record and
+   computes the checksum while a pool of worker processes re-derives every
+   wallet's addresses from the seed. Only when a file's checksum, structure
+   and every address check out does the next file start.
 
-Why one pass: verifying first and applying in a second pass read and
-re-serialised every file twice, and left one core idle while the other
-applied events; overlapping the address derivation (worker processes) with
-the journal writes (this process) nearly halves the time on two cores.
+Where the records go depends on whether the vault exists:
+
+- **A new vault** (the usual migration or disaster-recovery case): the records
+  are spooled, per section, into sorted runs in a staging directory beside
+  the vault's path (:mod:`vaultstore.compat.spool`). Once every file has
+  checked out, the runs are merged into one record per agent in tree order —
+  per agent the last wallet, lifecycle record and balance list in file order,
+  exactly what applying them one by one would leave — and loaded with
+  :meth:`Journal.bulk_load` as the journal's base state (``base_lsn`` = the
+  number of items read, no events), as a restore loads a snapshot. Then the
+  seed is sealed into the staging vault (:meth:`Vault.adopt`) and the
+  directory is renamed into place. Any failure removes the staging
+  directory; a killed import leaves only ``.NAME.import-*``.
+- **An existing vault**: one journal transaction for all files, each record
+  applied as it is read (lifecycle records as *recorded states*,
+  ``legacy=True``: a jump the live state machine would refuse is applied with
+  a warning, which the spool's join logs too), committed only when every
+  file has checked out; any failure rolls it back.
+
+Why the bulk load: the writer validated, looked up and rewrote each agent's
+projection row once per item (three times per agent) and logged every item
+as an event; the load writes each record once, appending in tree order.
 
 Import upserts: agents already in the vault and absent from a file are left
 as they are (a legacy full does not express removals; archived agents'
@@ -37,25 +48,29 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaultstore import durable
+from vaultstore import durable, faults
 from vaultstore.compat.legacy import (
     LegacyHeader,
     LegacyReader,
     checksum_mismatch_message,
 )
+from vaultstore.compat.spool import SLOTS, RecordSpool
 from vaultstore.crypto.derive import CHUNK_SIZE, Wallet, verify_wallet_chunks
+from vaultstore.crypto.password import check_password
+from vaultstore.crypto.seed import normalize_mnemonic
 from vaultstore.errors import (
     AddressMismatchError,
     InputError,
     IntegrityError,
     MisuseError,
 )
-from vaultstore.journal import Event, Writer
+from vaultstore.journal import Event, Journal, Writer
+from vaultstore.model import validate_agent_id
 from vaultstore.ops.verifyjson import (
     decrypt_file_seed,
     load_salt,
@@ -64,6 +79,8 @@ from vaultstore.ops.verifyjson import (
 from vaultstore.vault import Vault
 
 log = logging.getLogger(__name__)
+
+SPOOL_DIR = "import-spool"  # in the staging directory; removed once loaded
 
 
 @dataclass
@@ -99,7 +116,7 @@ def import_json(
     profile: str = "production",
     workers: int = 2,
 ) -> ImportReport:
-    """Verify and apply every file in one transaction (see the module notes).
+    """Verify and apply every file, all or nothing (see the module notes).
 
     Raises:
         IntegrityError: a checksum fails, or a file's seed differs.
@@ -112,33 +129,14 @@ def import_json(
         raise MisuseError("import-json needs at least one file")
     vault_path = Path(vault_path)
     files = order_files([Path(p) for p in paths])
-    vault = Vault.open(vault_path, profile) if _vault_exists(vault_path) else None
-    staging: Path | None = None
-    try:
-        if vault is not None:
-            vault.unlock(password)
-        _check_chain(files, vault, allow_partial)
-        mnemonic = _open_seeds(files, password, salt_file, vault)
-        report = ImportReport(vault=str(vault_path))
-        if vault is None:
-            _refuse_occupied(vault_path)
-            staging = _staging_dir(vault_path)
-            vault = Vault.create(staging, password, mnemonic, profile)
-            report.created_vault = True
-        with vault.journal.writer(legacy=True) as writer:
-            for path, header in files:
-                _apply_file(path, header, mnemonic, writer, report, workers)
-        report.last_lsn = vault.journal.last_lsn()
-        if staging is not None:
-            vault.close()
-            vault = None
-            _move_into_place(staging, vault_path)
-            staging = None
-    finally:
-        if vault is not None:
-            vault.close()
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+    if _vault_exists(vault_path):
+        report = _import_into(
+            vault_path, files, password, salt_file, allow_partial, profile, workers
+        )
+    else:
+        report = _import_new(
+            vault_path, files, password, salt_file, allow_partial, profile, workers
+        )
     log.info(
         "imported %d legacy file(s): %d wallets, %d lifecycle, %d balance lists",
         len(files),
@@ -148,6 +146,125 @@ def import_json(
         extra={"event": "legacy.import", "files": len(files), "lsn": report.last_lsn},
     )
     return report
+
+
+def _import_into(
+    vault_path: Path,
+    files: list[tuple[Path, LegacyHeader]],
+    password: str,
+    salt_file: Path | None,
+    allow_partial: bool,
+    profile: str,
+    workers: int,
+) -> ImportReport:
+    """Upsert into an existing vault: one journal transaction for all files."""
+    vault = Vault.open(vault_path, profile)
+    try:
+        vault.unlock(password)
+        _check_chain(files, vault, allow_partial)
+        mnemonic = _open_seeds(files, password, salt_file, vault)
+        report = ImportReport(vault=str(vault_path))
+        with vault.journal.writer(legacy=True) as writer:
+            for path, header in files:
+                # This thread keeps one core busy writing: derive on the rest.
+                apply = _writer_apply(writer, header.timestamp)
+                _apply_file(path, header, mnemonic, apply, report, max(1, workers - 1))
+        report.last_lsn = vault.journal.last_lsn()
+    finally:
+        vault.close()
+    return report
+
+
+def _import_new(
+    vault_path: Path,
+    files: list[tuple[Path, LegacyHeader]],
+    password: str,
+    salt_file: Path | None,
+    allow_partial: bool,
+    profile: str,
+    workers: int,
+) -> ImportReport:
+    """Create the vault: spool and verify every file, then bulk-load the join."""
+    _check_chain(files, None, allow_partial)
+    mnemonic = _open_seeds(files, password, salt_file, None)
+    # What Vault.adopt refuses at the end, refused before the files are read.
+    normalize_mnemonic(mnemonic)
+    check_password(password)
+    _refuse_occupied(vault_path)
+    report = ImportReport(vault=str(vault_path), created_vault=True)
+    staging = _staging_dir(vault_path)
+    placed = False
+    try:
+        _load_staged(staging, files, mnemonic, report, workers)
+        Vault.adopt(staging, password, mnemonic, profile)
+        faults.point("import.before-rename")
+        _move_into_place(staging, vault_path)
+        placed = True
+    finally:
+        if not placed:
+            shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _load_staged(
+    staging: Path,
+    files: list[tuple[Path, LegacyHeader]],
+    mnemonic: str,
+    report: ImportReport,
+    workers: int,
+) -> None:
+    """Spool and verify every file, then load the joined records as the base.
+
+    The base LSN is the number of items read: what a writer would have
+    numbered them, had none been a no-op.
+    """
+    spool_dir = staging / SPOOL_DIR
+    _make_private_dir(staging, parents=True)  # as Vault.create makes a vault
+    _make_private_dir(spool_dir)
+    spool = RecordSpool(spool_dir)
+    try:
+        apply = _spool_apply(spool)
+        for path, header in files:
+            # Spooling is lighter than writing: one deriving process per core.
+            _apply_file(path, header, mnemonic, apply, report, workers)
+        lsn = report.wallets + report.lifecycle_records + report.balance_lists
+        faults.point("import.before-load")
+        journal = Journal.bulk_load(
+            staging, spool.records(), lsn, expected=report.wallets
+        )
+        journal.close()
+        report.last_lsn = lsn
+    finally:
+        spool.discard()
+    spool_dir.rmdir()
+
+
+def _writer_apply(writer: Writer, when: int) -> Apply:
+    def apply(kind: str, agent_id: str, payload: Any) -> None:
+        writer.add(Event(kind, agent_id, payload, when), validated=True)
+
+    return apply
+
+
+def _spool_apply(spool: RecordSpool) -> Apply:
+    add, slots = spool.add, SLOTS
+
+    def apply(kind: str, agent_id: str, payload: Any) -> None:
+        if kind == "balances":
+            # The wallet and lifecycle validators check their agentId; an
+            # empty balance list names its agent only in the key.
+            validate_agent_id(agent_id)
+        add(slots[kind], agent_id, payload)
+
+    return apply
+
+
+def _make_private_dir(path: Path, parents: bool = False) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=parents)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise durable.io_error(f"the import staging directory {path}", exc) from exc
 
 
 def _staging_dir(vault_path: Path) -> Path:
@@ -213,27 +330,30 @@ def _open_seeds(
     return expected
 
 
+Apply = Callable[[str, str, Any], None]
+
+
 def _apply_file(
     path: Path,
     header: LegacyHeader,
     mnemonic: str,
-    writer: Writer,
+    apply: Apply,
     report: ImportReport,
-    workers: int,
+    derive_workers: int,
 ) -> None:
-    """Apply one file's records while its wallets are verified alongside.
+    """Hand one file's records to ``apply`` while its wallets are verified.
 
-    Raises (the caller's transaction then rolls back) on an address that does
-    not derive, a checksum mismatch, or malformed structure.
+    ``apply(kind, agent_id, payload)`` receives every record as the reader
+    yields it, validated. Raises (the caller then discards what was applied)
+    on an address that does not derive, a checksum mismatch, or malformed
+    structure.
     """
-    counts = {"wallets": 0, "lifecycle": 0, "balances": 0}
-    when = header.timestamp
+    counts = {"wallet": 0, "lifecycle": 0, "balances": 0}
     reader = LegacyReader(path, verify=False)  # the checksum is checked below
     wallets = _WalletFeed()
-    # This thread keeps one core busy applying records: derive on the rest.
     verifier = threading.Thread(
         target=wallets.verify,
-        args=(mnemonic, max(1, workers - 1)),
+        args=(mnemonic, derive_workers),
         name="vaultstore-derive",
     )
     verifier.start()
@@ -241,23 +361,35 @@ def _apply_file(
         # The reader runs the journal's own checks on every record (and its
         # errors name the file and the field), so the writer need not.
         for kind, payload in reader:
+            counts[kind] += 1
             if kind == "wallet":
-                counts["wallets"] += 1
-                event = Event("wallet", payload["agentId"], payload, when)
-                writer.add(event, validated=True)
+                apply(kind, payload["agentId"], payload)
                 wallets.add(payload)
             elif kind == "lifecycle":
-                counts["lifecycle"] += 1
-                event = Event("lifecycle", payload["agentId"], payload, when)
-                writer.add(event, validated=True)
+                apply(kind, payload["agentId"], payload)
             else:
-                agent_id, entries = payload
-                counts["balances"] += 1
-                writer.add(Event("balances", agent_id, entries, when), validated=True)
+                apply(kind, payload[0], payload[1])
     finally:
         wallets.close()
         verifier.join()
-    mismatches = wallets.result()
+    _check_file(path, reader, wallets.result())
+    report.files.append(
+        {
+            "file": str(path),
+            "type": header.type,
+            "timestamp": header.timestamp,
+            "wallets": counts["wallet"],
+            "lifecycle": counts["lifecycle"],
+            "balances": counts["balances"],
+        }
+    )
+    report.wallets += counts["wallet"]
+    report.lifecycle_records += counts["lifecycle"]
+    report.balance_lists += counts["balances"]
+
+
+def _check_file(path: Path, reader: LegacyReader, mismatches: list[str]) -> None:
+    """Raise unless every address derived and the file's checksum held."""
     if mismatches:
         shown = ", ".join(mismatches[:20])
         raise AddressMismatchError(
@@ -269,12 +401,6 @@ def _apply_file(
         raise InputError(f"{path.name}: structure: the file was not read to its end")
     if not reader.summary.checksum_ok:
         raise IntegrityError(checksum_mismatch_message(path), file=str(path))
-    report.files.append(
-        {"file": str(path), "type": header.type, "timestamp": when, **counts}
-    )
-    report.wallets += counts["wallets"]
-    report.lifecycle_records += counts["lifecycle"]
-    report.balance_lists += counts["balances"]
 
 
 _END = None
