@@ -100,10 +100,13 @@ from vaultstore.model import (
     Record,
     check_transition,
     decode_record,
+    digest_terms_sum,
     encode_record,
     record_hash,
+    record_hashes,
     transition_allowed,
     tree_key,
+    tree_keys,
     validate_agent_id,
     validate_balances,
     validate_lifecycle,
@@ -734,7 +737,8 @@ class Journal(_Reader):
         def run() -> None:
             conn = self._conn
             _begin_load(conn)
-            digest = _insert_chunks(conn, _scanned_chunks(records, counts), lsn)
+            chunks = _wire_chunks(_scanned_chunks(records, counts))
+            digest = _insert_chunks(conn, chunks, lsn)
             _end_load(conn, lsn, digest, counts)
 
         _guard(self.path, run)
@@ -750,9 +754,10 @@ class Journal(_Reader):
         One core cannot both produce a million records (decrypting,
         decompressing, scanning) and insert them: under one GIL each waits for
         the other. Here this process scans each chunk for agent ids and
-        lifecycle states and streams ``[agents, records]`` over a pipe; the
-        child (``python -m vaultstore.journal_loader``) hashes, inserts and
-        commits, all in the one transaction :meth:`_bulk_insert` would use.
+        lifecycle states and streams ``[agents, lengths, records]`` over a
+        pipe (:func:`_wire_chunks`); the child (``python -m
+        vaultstore.journal_loader``) hashes, inserts and commits, all in the
+        one transaction :meth:`_bulk_insert` would use.
         If either side dies, the transaction is not committed and
         :meth:`bulk_load` removes the files. Nothing secret crosses the pipe.
         """
@@ -772,10 +777,11 @@ class Journal(_Reader):
         )
         assert child.stdin is not None and child.stdout is not None
         _widen_pipe(child.stdin.fileno())
+        pack = msgpack.Packer().pack
         try:
             try:
-                for agents, datas in _scanned_chunks(records, counts):
-                    child.stdin.write(msgpack.packb([agents, datas]))
+                for chunk in _wire_chunks(_scanned_chunks(records, counts)):
+                    child.stdin.write(pack(chunk))
                 faults.point("journal.commit.before")
                 child.stdin.write(msgpack.packb(["commit", dict(counts)]))
                 child.stdin.close()
@@ -1070,21 +1076,72 @@ def _begin_load(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
 
 
-def _insert_chunks(
-    conn: sqlite3.Connection,
-    chunks: Iterable[tuple[list[str], list[bytes]]],
-    lsn: int,
-) -> int:
-    """Insert projection rows; returns the sum of their state-digest terms."""
+# A chunk of a bulk load as it crosses the pipe: the agent ids, the length of
+# each record, and the records concatenated into one byte string.
+_Wire = tuple[list[str], list[int], bytes]
+
+# One statement inserts a whole chunk: the records and their hashes are bound
+# once each as one blob, cut with substr(); a JSON array of
+# [tree key, agent id, offset, length] per row drives the rows. Binding five
+# parameters per row from Python (executemany) cost more than SQLite's insert.
+_INSERT_CHUNK = (
+    "INSERT INTO agents(tree_key, agent_id, lsn, rhash, record)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?1,"
+    " substr(?2, key * 32 + 1, 32),"
+    " substr(?3, json_extract(value, '$[2]') + 1, json_extract(value, '$[3]'))"
+    " FROM json_each(?4)"
+)
+_INSERT_ROWS = (
+    "INSERT INTO agents(tree_key, agent_id, lsn, rhash, record) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _wire_chunks(
+    scanned: Iterable[tuple[list[str], list[bytes]]],
+) -> Iterator[_Wire]:
+    """The ``(agents, lengths, concatenated records)`` form of scanned chunks."""
+    for agents, datas in scanned:
+        yield agents, list(map(len, datas)), b"".join(datas)
+
+
+def _has_json(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT json_extract('[1]', '$[0]')").fetchone()
+    except sqlite3.OperationalError:
+        return False  # an SQLite built without JSON functions
+    return True
+
+
+def _insert_chunks(conn: sqlite3.Connection, chunks: Iterable[_Wire], lsn: int) -> int:
+    """Insert projection rows; returns the sum of their state-digest terms.
+
+    Tree keys and record hashes are computed here, from the very bytes
+    inserted (each record hashed once), with C-level maps only.
+
+    Raises:
+        IntegrityError: a chunk's lengths do not tile its records.
+    """
+    as_json = _has_json(conn)
     total = 0
-    for agents, datas in chunks:
-        rhashes = list(map(record_hash, datas))
-        total += sum(map(int.from_bytes, rhashes))  # big-endian, as digest_add
-        conn.executemany(
-            "INSERT INTO agents(agent_id, lsn, tree_key, rhash, record)"
-            " VALUES (?, ?, ?, ?, ?)",
-            zip(agents, itertools.repeat(lsn), map(tree_key, agents), rhashes, datas),
-        )
+    for agents, lens, blob in chunks:
+        ends = list(itertools.accumulate(lens))
+        if len(agents) != len(lens) or (ends[-1] if ends else 0) != len(blob):
+            raise IntegrityError("bulk load: a chunk of records is malformed")
+        starts = [0, *ends[:-1]]
+        view = memoryview(blob)
+        terms = b"".join(record_hashes(map(view.__getitem__, map(slice, starts, ends))))
+        total += digest_terms_sum(terms)  # big-endian, as digest_add
+        keys = tree_keys(agents)
+        if as_json:
+            rows = json.dumps(list(zip(keys, agents, starts, lens, strict=True)))
+            conn.execute(_INSERT_CHUNK, (lsn, terms, blob, rows))
+        else:
+            datas = [blob[a:b] for a, b in zip(starts, ends, strict=True)]
+            hashes = [terms[i : i + 32] for i in range(0, len(terms), 32)]
+            conn.executemany(
+                _INSERT_ROWS,
+                zip(keys, agents, itertools.repeat(lsn), hashes, datas, strict=False),
+            )
     return total
 
 
@@ -1153,10 +1210,11 @@ class _Read1:
 def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     """The loader child: insert what ``source`` streams, answer on ``sink``.
 
-    ``source`` carries msgpack messages ``[agents, records]`` and finally
-    ``["commit", counts]``; the answer is ``["ok"]`` once committed or
-    ``["error", class name, message]``. Input that ends without ``commit``
-    (the parent died) rolls the transaction back. Returns the exit status.
+    ``source`` carries msgpack messages ``[agents, lengths, records]`` (see
+    :func:`_wire_chunks`) and finally ``["commit", counts]``; the answer is
+    ``["ok"]`` once committed or ``["error", class name, message]``. Input
+    that ends without ``commit`` (the parent died) rolls the transaction
+    back. Returns the exit status.
     """
     # read1: take what the pipe holds now. A plain read(n) would wait for n
     # bytes, so the end of one message would wait for the start of the next.
@@ -1165,12 +1223,12 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     )
     done: dict[str, int] = {}
 
-    def chunks() -> Iterator[tuple[list[str], list[bytes]]]:
+    def chunks() -> Iterator[_Wire]:
         for message in unpacker:
             if message[0] == "commit":
                 done.update(message[1])
                 return
-            yield message[0], message[1]
+            yield message[0], message[1], message[2]
         raise EOFError
 
     conn = None
