@@ -737,8 +737,8 @@ class Journal(_Reader):
         def run() -> None:
             conn = self._conn
             _begin_load(conn)
-            chunks = _wire_chunks(_scanned_chunks(records, counts))
-            digest = _insert_chunks(conn, chunks, lsn)
+            chunks = _wire_chunks(_record_chunks(records), counts, 0.0)
+            digest = _insert_chunks(conn, chunks, lsn, counts)
             _end_load(conn, lsn, digest, counts)
 
         _guard(self.path, run)
@@ -780,7 +780,8 @@ class Journal(_Reader):
         pack = msgpack.Packer().pack
         try:
             try:
-                for chunk in _wire_chunks(_scanned_chunks(records, counts)):
+                chunks = _record_chunks(records)
+                for chunk in _wire_chunks(chunks, counts, LOADER_SCAN_SHARE):
                     child.stdin.write(pack(chunk))
                 faults.point("journal.commit.before")
                 child.stdin.write(msgpack.packb(["commit", dict(counts)]))
@@ -1045,21 +1046,16 @@ def _loader_process_min() -> int:
     return int(value) if value.isdigit() else LOADER_PROCESS_MIN
 
 
-def _scanned_chunks(
-    records: Iterable[bytes | Record], counts: Counter[str]
-) -> Iterator[tuple[list[str], list[bytes]]]:
-    """``(agent ids, record bytes)`` per chunk of ``records``, counting states."""
+def _record_chunks(records: Iterable[bytes | Record]) -> Iterator[list[bytes]]:
+    """``records`` as lists of at most :data:`BULK_ROWS` record byte strings."""
     items = iter(records)
     while chunk := list(itertools.islice(items, BULK_ROWS)):
         if set(map(type, chunk)) <= {bytes}:
-            datas: list[bytes] = chunk  # type: ignore[assignment]
+            yield chunk  # type: ignore[misc]
         else:
-            datas = [
+            yield [
                 encode_record(r) if isinstance(r, Record) else bytes(r) for r in chunk
             ]
-        agents, states = _agents_and_states(datas)
-        counts.update(states)
-        yield agents, datas
 
 
 def _begin_load(conn: sqlite3.Connection) -> None:
@@ -1076,9 +1072,16 @@ def _begin_load(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
 
 
-# A chunk of a bulk load as it crosses the pipe: the agent ids, the length of
-# each record, and the records concatenated into one byte string.
-_Wire = tuple[list[str], list[int], bytes]
+# A chunk of a bulk load as it crosses the pipe: the agent ids (None: not
+# scanned yet, the receiver scans), the length of each record, and the records
+# concatenated into one byte string.
+_Wire = tuple[list[str] | None, list[int], bytes]
+# Share of the chunks whose scan (agent ids, lifecycle states) the loader child
+# does instead of the parent. The scan is the largest per-record cost of a
+# restore; the parent also decrypts, decompresses and assembles the records,
+# the child inserts them, and at 1M agents this share left neither process
+# waiting for the other (docs/architecture.md, "Restore pipeline").
+LOADER_SCAN_SHARE = 0.25
 
 # One statement inserts a whole chunk: the records and their hashes are bound
 # once each as one blob, cut with substr(); a JSON array of
@@ -1097,11 +1100,25 @@ _INSERT_ROWS = (
 
 
 def _wire_chunks(
-    scanned: Iterable[tuple[list[str], list[bytes]]],
+    chunks: Iterable[list[bytes]], counts: Counter[str], share: float
 ) -> Iterator[_Wire]:
-    """The ``(agents, lengths, concatenated records)`` form of scanned chunks."""
-    for agents, datas in scanned:
-        yield agents, list(map(len, datas)), b"".join(datas)
+    """Chunks in their :data:`_Wire` form; ``share`` of them left unscanned.
+
+    The scanned ones add their lifecycle states to ``counts``; the others
+    (spread evenly, ``share`` of all) are scanned by whoever inserts them.
+    """
+    owed = 0.0
+    for datas in chunks:
+        lens = list(map(len, datas))
+        blob = b"".join(datas)
+        owed += share
+        if owed >= 1.0:
+            owed -= 1.0
+            yield None, lens, blob
+            continue
+        agents, states = _agents_and_states(blob, lens)
+        counts.update(states)
+        yield agents, lens, blob
 
 
 def _has_json(conn: sqlite3.Connection) -> bool:
@@ -1112,20 +1129,31 @@ def _has_json(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def _insert_chunks(conn: sqlite3.Connection, chunks: Iterable[_Wire], lsn: int) -> int:
+def _insert_chunks(
+    conn: sqlite3.Connection, chunks: Iterable[_Wire], lsn: int, counts: Counter[str]
+) -> int:
     """Insert projection rows; returns the sum of their state-digest terms.
 
     Tree keys and record hashes are computed here, from the very bytes
-    inserted (each record hashed once), with C-level maps only.
+    inserted (each record hashed once), with C-level maps only. Chunks not
+    scanned yet are scanned here, their lifecycle states added to ``counts``.
 
     Raises:
-        IntegrityError: a chunk's lengths do not tile its records.
+        IntegrityError: a record does not decode, or a chunk's lengths do not
+            tile its records.
     """
     as_json = _has_json(conn)
     total = 0
-    for agents, lens, blob in chunks:
+    for scanned, lens, blob in chunks:
         ends = list(itertools.accumulate(lens))
-        if len(agents) != len(lens) or (ends[-1] if ends else 0) != len(blob):
+        if (ends[-1] if ends else 0) != len(blob):
+            raise IntegrityError("bulk load: a chunk of records is malformed")
+        if scanned is None:
+            agents, states = _agents_and_states(blob, lens)
+            counts.update(states)
+        else:
+            agents = scanned
+        if len(agents) != len(lens):
             raise IntegrityError("bulk load: a chunk of records is malformed")
         starts = [0, *ends[:-1]]
         view = memoryview(blob)
@@ -1222,6 +1250,7 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
         _Read1(source), raw=False, max_buffer_size=1 << 31, read_size=1 << 20
     )
     done: dict[str, int] = {}
+    own: Counter[str] = Counter()  # states of the chunks scanned here
 
     def chunks() -> Iterator[_Wire]:
         for message in unpacker:
@@ -1239,8 +1268,9 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
         def run() -> None:
             active.execute("PRAGMA cache_size=-32768")
             _begin_load(active)
-            total = _insert_chunks(active, chunks(), lsn)
-            _end_load(active, lsn, total, done)
+            total = _insert_chunks(active, chunks(), lsn, own)
+            own.update(done)
+            _end_load(active, lsn, total, own)
 
         _guard(path, run)
     except EOFError:
@@ -1255,37 +1285,40 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     return 0
 
 
-def _agents_and_states(datas: list[bytes]) -> tuple[list[str], list[str]]:
+def _agents_and_states(blob: bytes, lens: list[int]) -> tuple[list[str], list[str]]:
     """Agent id and lifecycle state (``none`` without one) of each record.
+
+    ``blob`` is the records concatenated, ``lens`` the length of each.
 
     Raises:
         IntegrityError: a record does not decode or has a malformed lifecycle.
     """
     try:
-        return _scan_records(datas)
+        return _scan_records(blob, lens)
     except (ValueError, TypeError, msgpack.UnpackException):
         pass
     # Unusual records (no lifecycle, damage): decode them one by one, which
     # also names what is wrong.
     agents: list[str] = []
     states: list[str] = []
-    for data in datas:
+    ends = list(itertools.accumulate(lens))
+    for start, end in zip([0, *ends[:-1]], ends, strict=True):
+        data = blob[start:end]
         record = _decode_stored(data, "?")
         agents.append(record.agent_id)
         states.append(_state_of(record) or "none")
     return agents, states
 
 
-def _scan_records(datas: list[bytes]) -> tuple[list[str], list[str]]:
+def _scan_records(blob: bytes, lens: list[int]) -> tuple[list[str], list[str]]:
     """The fast path of :func:`_agents_and_states`: one streaming pass.
 
-    The records are concatenated and walked with one msgpack ``Unpacker``
+    The concatenated records are walked with one msgpack ``Unpacker``
     that skips wallets and balances in C and reads only the agent id and the
     lifecycle's ``state``: no record becomes Python objects. Each record must
     end exactly where its bytes end. Raises ValueError on anything unexpected
     (a missing lifecycle included); the caller then decodes record by record.
     """
-    blob = b"".join(datas)
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(blob), 1 << 20))
     unpacker.feed(blob)
     array, map_header, unpack, skip, tell = (
@@ -1298,8 +1331,8 @@ def _scan_records(datas: list[bytes]) -> tuple[list[str], list[str]]:
     agents: list[str] = []
     states: list[str] = []
     end = 0
-    for data in datas:
-        end += len(data)
+    for size in lens:
+        end += size
         if array() != 4:
             raise ValueError("not a record")
         agent = unpack()
