@@ -52,7 +52,14 @@ LSN above ``base_lsn``; a base state satisfies both, and truncation reuses it.
 
 A restore fills a new journal with :meth:`Journal.bulk_load`; large loads
 run SQLite's inserts in a child process (``vaultstore.journal_loader``) so
-that decoding and inserting use both cores.
+that decoding and inserting use both cores. Records cross the pipe in chunks,
+each one msgpack message ``[agent ids | nil, record lengths, records
+concatenated]``; the agent ids are nil when the parent left the chunk's scan
+(agent ids and lifecycle states, :data:`LOADER_SCAN_SHARE` of the chunks) to
+the child. Either side inserts a chunk with one ``INSERT … SELECT`` over
+``json_each`` (a JSON array of ``[tree key, agent id, offset, length]``),
+cutting records and record hashes out of one bound blob each with
+``substr``; SQLite builds without JSON functions get ``executemany``.
 
 Writes go through :meth:`Journal.writer` (or :meth:`Journal.append`): events
 are validated, applied to a per-batch cache of the touched agents and written
