@@ -1088,7 +1088,7 @@ _Wire = tuple[list[str] | None, list[int], bytes]
 # restore; the parent also decrypts, decompresses and assembles the records,
 # the child inserts them, and at 1M agents this share left neither process
 # waiting for the other (docs/architecture.md, "Restore pipeline").
-LOADER_SCAN_SHARE = 0.25
+LOADER_SCAN_SHARE = 0.125
 
 # One statement inserts a whole chunk: the records and their hashes are bound
 # once each as one blob, cut with substr(); a JSON array of
