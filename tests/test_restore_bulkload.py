@@ -1,15 +1,13 @@
 """Journal.bulk_load as restore drives it: chunked scans, fallbacks, durability.
 
-The loads run with SQLite in this process, and with the loader child process
-that large restores use (``LOADER_PROCESS_MIN`` set to 0), which scans the
-share of the chunks the parent leaves to it, or all of them.
+The loads run twice: with SQLite in this process, and with the loader child
+process that large restores use (``LOADER_PROCESS_MIN`` set to 0).
 """
 
 from __future__ import annotations
 
 import io
 import subprocess
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +43,11 @@ def expected_digest(datas: list[bytes]) -> bytes:
     return digest
 
 
-@pytest.fixture(params=["in-process", "loader-process", "loader-scans-all"])
+@pytest.fixture(params=["in-process", "loader-process"])
 def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small chunks; SQLite here, or in the child scanning some or all chunks."""
     monkeypatch.setattr(journal_mod, "BULK_ROWS", 7)
-    child = request.param != "in-process"
+    child = request.param == "loader-process"
     monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 0 if child else 1 << 62)
-    if request.param == "loader-scans-all":
-        monkeypatch.setattr(journal_mod, "LOADER_SCAN_SHARE", 1.0)
 
 
 @pytest.fixture
@@ -136,7 +131,7 @@ def test_a_chunk_whose_lengths_do_not_tile_its_records_is_refused(
         (["a", "b"], [len(data)], data),
     ]:
         with pytest.raises(IntegrityError, match="malformed"):
-            journal_mod._insert_chunks(conn, [bad], 5, Counter())
+            journal_mod._insert_chunks(conn, [bad], 5)
     journal.close()
 
 
@@ -242,17 +237,3 @@ def test_the_loader_exits_without_committing_when_its_input_ends_early(
 class _Buffered:
     def __init__(self, raw: io.BytesIO) -> None:
         self.read1 = raw.read
-
-
-@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
-def test_the_scan_share_leaves_evenly_spread_chunks_unscanned(share: float) -> None:
-    datas = [encode_record(record(n, "pending")) for n in range(4)]
-    counts: Counter[str] = Counter()
-    wire = list(journal_mod._wire_chunks([datas] * 8, counts, share))
-    left = [i for i, (agents, _, _) in enumerate(wire) if agents is None]
-    assert len(left) == int(8 * share)
-    assert left == sorted(set(left)) and (not left or left[-1] >= 8 * share - 1)
-    assert counts == Counter({"pending": 4 * (8 - len(left))})
-    for agents, lens, blob in wire:
-        assert lens == list(map(len, datas)) and blob == b"".join(datas)
-        assert agents in (None, [f"agent-{n:05d}" for n in range(4)])

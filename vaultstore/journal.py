@@ -53,10 +53,9 @@ LSN above ``base_lsn``; a base state satisfies both, and truncation reuses it.
 A restore fills a new journal with :meth:`Journal.bulk_load`; large loads
 run SQLite's inserts in a child process (``vaultstore.journal_loader``) so
 that decoding and inserting use both cores. Records cross the pipe in chunks,
-each one msgpack message ``[agent ids | nil, record lengths, records
-concatenated]``; the agent ids are nil when the parent left the chunk's scan
-(agent ids and lifecycle states, :data:`LOADER_SCAN_SHARE` of the chunks) to
-the child. Either side inserts a chunk with one ``INSERT … SELECT`` over
+each one msgpack message ``[agent ids, record lengths, records
+concatenated]``, scanned by the parent for agent ids and lifecycle states.
+Either side inserts a chunk with one ``INSERT … SELECT`` over
 ``json_each`` (a JSON array of ``[tree key, agent id, offset, length]``),
 cutting records and record hashes out of one bound blob each with
 ``substr``; SQLite builds without JSON functions get ``executemany``.
@@ -744,8 +743,8 @@ class Journal(_Reader):
         def run() -> None:
             conn = self._conn
             _begin_load(conn)
-            chunks = _wire_chunks(_record_chunks(records), counts, 0.0)
-            digest = _insert_chunks(conn, chunks, lsn, counts)
+            chunks = _wire_chunks(_record_chunks(records), counts)
+            digest = _insert_chunks(conn, chunks, lsn)
             _end_load(conn, lsn, digest, counts)
 
         _guard(self.path, run)
@@ -788,7 +787,7 @@ class Journal(_Reader):
         try:
             try:
                 chunks = _record_chunks(records)
-                for chunk in _wire_chunks(chunks, counts, LOADER_SCAN_SHARE):
+                for chunk in _wire_chunks(chunks, counts):
                     child.stdin.write(pack(chunk))
                 faults.point("journal.commit.before")
                 child.stdin.write(msgpack.packb(["commit", dict(counts)]))
@@ -1079,16 +1078,9 @@ def _begin_load(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
 
 
-# A chunk of a bulk load as it crosses the pipe: the agent ids (None: not
-# scanned yet, the receiver scans), the length of each record, and the records
-# concatenated into one byte string.
-_Wire = tuple[list[str] | None, list[int], bytes]
-# Share of the chunks whose scan (agent ids, lifecycle states) the loader child
-# does instead of the parent. The scan is the largest per-record cost of a
-# restore; the parent also decrypts, decompresses and assembles the records,
-# the child inserts them, and at 1M agents this share left neither process
-# waiting for the other (docs/architecture.md, "Restore pipeline").
-LOADER_SCAN_SHARE = 0.125
+# A chunk of a bulk load as it crosses the pipe: the agent ids, the length of
+# each record, and the records concatenated into one byte string.
+_Wire = tuple[list[str], list[int], bytes]
 
 # One statement inserts a whole chunk: the records and their hashes are bound
 # once each as one blob, cut with substr(); a JSON array of
@@ -1107,22 +1099,12 @@ _INSERT_ROWS = (
 
 
 def _wire_chunks(
-    chunks: Iterable[list[bytes]], counts: Counter[str], share: float
+    chunks: Iterable[list[bytes]], counts: Counter[str]
 ) -> Iterator[_Wire]:
-    """Chunks in their :data:`_Wire` form; ``share`` of them left unscanned.
-
-    The scanned ones add their lifecycle states to ``counts``; the others
-    (spread evenly, ``share`` of all) are scanned by whoever inserts them.
-    """
-    owed = 0.0
+    """Chunks scanned and in their :data:`_Wire` form; states go to ``counts``."""
     for datas in chunks:
         lens = list(map(len, datas))
         blob = b"".join(datas)
-        owed += share
-        if owed >= 1.0:
-            owed -= 1.0
-            yield None, lens, blob
-            continue
         agents, states = _agents_and_states(blob, lens)
         counts.update(states)
         yield agents, lens, blob
@@ -1136,31 +1118,20 @@ def _has_json(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def _insert_chunks(
-    conn: sqlite3.Connection, chunks: Iterable[_Wire], lsn: int, counts: Counter[str]
-) -> int:
+def _insert_chunks(conn: sqlite3.Connection, chunks: Iterable[_Wire], lsn: int) -> int:
     """Insert projection rows; returns the sum of their state-digest terms.
 
     Tree keys and record hashes are computed here, from the very bytes
-    inserted (each record hashed once), with C-level maps only. Chunks not
-    scanned yet are scanned here, their lifecycle states added to ``counts``.
+    inserted (each record hashed once), with C-level maps only.
 
     Raises:
-        IntegrityError: a record does not decode, or a chunk's lengths do not
-            tile its records.
+        IntegrityError: a chunk's lengths do not tile its records.
     """
     as_json = _has_json(conn)
     total = 0
-    for scanned, lens, blob in chunks:
+    for agents, lens, blob in chunks:
         ends = list(itertools.accumulate(lens))
-        if (ends[-1] if ends else 0) != len(blob):
-            raise IntegrityError("bulk load: a chunk of records is malformed")
-        if scanned is None:
-            agents, states = _agents_and_states(blob, lens)
-            counts.update(states)
-        else:
-            agents = scanned
-        if len(agents) != len(lens):
+        if len(agents) != len(lens) or (ends[-1] if ends else 0) != len(blob):
             raise IntegrityError("bulk load: a chunk of records is malformed")
         starts = [0, *ends[:-1]]
         view = memoryview(blob)
@@ -1257,7 +1228,6 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
         _Read1(source), raw=False, max_buffer_size=1 << 31, read_size=1 << 20
     )
     done: dict[str, int] = {}
-    own: Counter[str] = Counter()  # states of the chunks scanned here
 
     def chunks() -> Iterator[_Wire]:
         for message in unpacker:
@@ -1275,9 +1245,8 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
         def run() -> None:
             active.execute("PRAGMA cache_size=-32768")
             _begin_load(active)
-            total = _insert_chunks(active, chunks(), lsn, own)
-            own.update(done)
-            _end_load(active, lsn, total, own)
+            total = _insert_chunks(active, chunks(), lsn)
+            _end_load(active, lsn, total, done)
 
         _guard(path, run)
     except EOFError:
