@@ -6,6 +6,8 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.journal_data import balances, lifecycle, wallet
 from vaultstore.errors import InputError, TransitionError
@@ -15,7 +17,12 @@ from vaultstore.model import (
     Record,
     check_transition,
     decode_record,
+    digest_terms_sum,
     encode_record,
+    record_hash,
+    record_hashes,
+    tree_key,
+    tree_keys,
     validate_agent_id,
     validate_balances,
     validate_lifecycle,
@@ -249,3 +256,25 @@ def test_record_codec_round_trip_keeps_order() -> None:
     assert decode_record(data) == record
     assert list(decode_record(data).wallet["metadata"]) == ["z", "a"]  # type: ignore[index]
     assert encode_record(decode_record(data)) == data
+
+
+@given(st.lists(st.text(min_size=1, max_size=300)))
+def test_tree_keys_match_tree_key_one_by_one(agents: list[str]) -> None:
+    assert tree_keys(agents) == [tree_key(a) for a in agents]
+    assert all(0 <= k < 1 << 63 for k in tree_keys(agents))
+
+
+@given(st.lists(st.binary(max_size=2000)))
+def test_record_hashes_and_their_sum_match_one_by_one(datas: list[bytes]) -> None:
+    hashes = [record_hash(d) for d in datas]
+    assert record_hashes(datas) == hashes
+    assert record_hashes(map(memoryview, datas)) == hashes
+    expected = sum(int.from_bytes(h, "big") for h in hashes)
+    assert digest_terms_sum(b"".join(hashes)) == expected
+
+
+def test_digest_terms_sum_carries_between_words_and_refuses_partial_terms() -> None:
+    top = b"\xff" * 32
+    assert digest_terms_sum(top * 3) == 3 * ((1 << 256) - 1)
+    with pytest.raises(ValueError):
+        digest_terms_sum(top[:31])

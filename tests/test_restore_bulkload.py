@@ -103,6 +103,38 @@ def test_a_bad_record_fails_the_load_and_leaves_no_journal(
     assert not (tmp_path / "v" / "journal.db").exists()
 
 
+def test_an_sqlite_without_json_loads_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executemany fallback writes what the one-statement insert writes."""
+    monkeypatch.setattr(journal_mod, "BULK_ROWS", 7)
+    monkeypatch.setattr(journal_mod, "LOADER_PROCESS_MIN", 1 << 62)
+    datas = [encode_record(record(n, ["active", None][n % 2])) for n in range(30)]
+    rows = []
+    for name, has_json in (("json", True), ("plain", False)):
+        monkeypatch.setattr(journal_mod, "_has_json", lambda conn, v=has_json: v)
+        with Journal.bulk_load(tmp_path / name, datas, 8) as j:
+            assert j.state_digest() == expected_digest(datas)
+            assert j.verify_projection() == []
+            rows.append(j._conn.execute("SELECT * FROM agents").fetchall())
+    assert rows[0] == rows[1] and len(rows[0]) == 30
+
+
+def test_a_chunk_whose_lengths_do_not_tile_its_records_is_refused(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.create(tmp_path / "v")
+    data = encode_record(record(1))
+    conn = journal._conn
+    for bad in [
+        (["agent-00001"], [len(data) - 1], data),
+        (["a", "b"], [len(data)], data),
+    ]:
+        with pytest.raises(IntegrityError, match="malformed"):
+            journal_mod._insert_chunks(conn, [bad], 5)
+    journal.close()
+
+
 @pytest.mark.usefixtures("loader")
 def test_duplicates_across_chunks_are_refused(tmp_path: Path) -> None:
     datas = [encode_record(record(n)) for n in range(10)]
@@ -129,7 +161,9 @@ def test_scan_matches_full_decode() -> None:
         record(n, "suspended", suspensionReason="¥state¦active") for n in range(5)
     ]
     datas = [encode_record(r) for r in records]
-    agents, states = journal_mod._agents_and_states(datas)
+    agents, states = journal_mod._agents_and_states(
+        b"".join(datas), list(map(len, datas))
+    )
     assert agents == [r.agent_id for r in records]
     assert states == ["suspended"] * 5
 
@@ -191,7 +225,8 @@ def test_the_loader_exits_without_committing_when_its_input_ends_early(
     """The parent died mid-stream: EOF before ``commit`` rolls everything back."""
     journal = Journal.create(tmp_path / "v")
     journal.close()
-    stream = io.BytesIO(msgpack.packb([["agent-00001"], [encode_record(record(1))]]))
+    data = encode_record(record(1))
+    stream = io.BytesIO(msgpack.packb([["agent-00001"], [len(data)], data]))
     answer = io.BytesIO()
     status = journal_mod.serve_bulk_load(journal.path, 9, _Buffered(stream), answer)
     assert status == 3 and answer.getvalue() == b""

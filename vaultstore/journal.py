@@ -52,7 +52,13 @@ LSN above ``base_lsn``; a base state satisfies both, and truncation reuses it.
 
 A restore fills a new journal with :meth:`Journal.bulk_load`; large loads
 run SQLite's inserts in a child process (``vaultstore.journal_loader``) so
-that decoding and inserting use both cores.
+that decoding and inserting use both cores. Records cross the pipe in chunks,
+each one msgpack message ``[agent ids, record lengths, records
+concatenated]``, scanned by the parent for agent ids and lifecycle states.
+Either side inserts a chunk with one ``INSERT … SELECT`` over
+``json_each`` (a JSON array of ``[tree key, agent id, offset, length]``),
+cutting records and record hashes out of one bound blob each with
+``substr``; SQLite builds without JSON functions get ``executemany``.
 
 Writes go through :meth:`Journal.writer` (or :meth:`Journal.append`): events
 are validated, applied to a per-batch cache of the touched agents and written
@@ -100,10 +106,13 @@ from vaultstore.model import (
     Record,
     check_transition,
     decode_record,
+    digest_terms_sum,
     encode_record,
     record_hash,
+    record_hashes,
     transition_allowed,
     tree_key,
+    tree_keys,
     validate_agent_id,
     validate_balances,
     validate_lifecycle,
@@ -751,7 +760,8 @@ class Journal(_Reader):
         def run() -> None:
             conn = self._conn
             _begin_load(conn)
-            digest = _insert_chunks(conn, _scanned_chunks(records, counts), lsn)
+            chunks = _wire_chunks(_record_chunks(records), counts)
+            digest = _insert_chunks(conn, chunks, lsn)
             _end_load(conn, lsn, digest, counts)
 
         _guard(self.path, run)
@@ -767,9 +777,10 @@ class Journal(_Reader):
         One core cannot both produce a million records (decrypting,
         decompressing, scanning) and insert them: under one GIL each waits for
         the other. Here this process scans each chunk for agent ids and
-        lifecycle states and streams ``[agents, records]`` over a pipe; the
-        child (``python -m vaultstore.journal_loader``) hashes, inserts and
-        commits, all in the one transaction :meth:`_bulk_insert` would use.
+        lifecycle states and streams ``[agents, lengths, records]`` over a
+        pipe (:func:`_wire_chunks`); the child (``python -m
+        vaultstore.journal_loader``) hashes, inserts and commits, all in the
+        one transaction :meth:`_bulk_insert` would use.
         If either side dies, the transaction is not committed and
         :meth:`bulk_load` removes the files. Nothing secret crosses the pipe.
         """
@@ -789,10 +800,12 @@ class Journal(_Reader):
         )
         assert child.stdin is not None and child.stdout is not None
         _widen_pipe(child.stdin.fileno())
+        pack = msgpack.Packer().pack
         try:
             try:
-                for agents, datas in _scanned_chunks(records, counts):
-                    child.stdin.write(msgpack.packb([agents, datas]))
+                chunks = _record_chunks(records)
+                for chunk in _wire_chunks(chunks, counts):
+                    child.stdin.write(pack(chunk))
                 faults.point("journal.commit.before")
                 child.stdin.write(msgpack.packb(["commit", dict(counts)]))
                 child.stdin.close()
@@ -1056,21 +1069,16 @@ def _loader_process_min() -> int:
     return int(value) if value.isdigit() else LOADER_PROCESS_MIN
 
 
-def _scanned_chunks(
-    records: Iterable[bytes | Record], counts: Counter[str]
-) -> Iterator[tuple[list[str], list[bytes]]]:
-    """``(agent ids, record bytes)`` per chunk of ``records``, counting states."""
+def _record_chunks(records: Iterable[bytes | Record]) -> Iterator[list[bytes]]:
+    """``records`` as lists of at most :data:`BULK_ROWS` record byte strings."""
     items = iter(records)
     while chunk := list(itertools.islice(items, BULK_ROWS)):
         if set(map(type, chunk)) <= {bytes}:
-            datas: list[bytes] = chunk  # type: ignore[assignment]
+            yield chunk  # type: ignore[misc]
         else:
-            datas = [
+            yield [
                 encode_record(r) if isinstance(r, Record) else bytes(r) for r in chunk
             ]
-        agents, states = _agents_and_states(datas)
-        counts.update(states)
-        yield agents, datas
 
 
 def _begin_load(conn: sqlite3.Connection) -> None:
@@ -1087,21 +1095,76 @@ def _begin_load(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
 
 
-def _insert_chunks(
-    conn: sqlite3.Connection,
-    chunks: Iterable[tuple[list[str], list[bytes]]],
-    lsn: int,
-) -> int:
-    """Insert projection rows; returns the sum of their state-digest terms."""
+# A chunk of a bulk load as it crosses the pipe: the agent ids, the length of
+# each record, and the records concatenated into one byte string.
+_Wire = tuple[list[str], list[int], bytes]
+
+# One statement inserts a whole chunk: the records and their hashes are bound
+# once each as one blob, cut with substr(); a JSON array of
+# [tree key, agent id, offset, length] per row drives the rows. Binding five
+# parameters per row from Python (executemany) cost more than SQLite's insert.
+_INSERT_CHUNK = (
+    "INSERT INTO agents(tree_key, agent_id, lsn, rhash, record)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?1,"
+    " substr(?2, key * 32 + 1, 32),"
+    " substr(?3, json_extract(value, '$[2]') + 1, json_extract(value, '$[3]'))"
+    " FROM json_each(?4)"
+)
+_INSERT_ROWS = (
+    "INSERT INTO agents(tree_key, agent_id, lsn, rhash, record) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _wire_chunks(
+    chunks: Iterable[list[bytes]], counts: Counter[str]
+) -> Iterator[_Wire]:
+    """Chunks scanned and in their :data:`_Wire` form; states go to ``counts``."""
+    for datas in chunks:
+        lens = list(map(len, datas))
+        blob = b"".join(datas)
+        agents, states = _agents_and_states(blob, lens)
+        counts.update(states)
+        yield agents, lens, blob
+
+
+def _has_json(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT json_extract('[1]', '$[0]')").fetchone()
+    except sqlite3.OperationalError:
+        return False  # an SQLite built without JSON functions
+    return True
+
+
+def _insert_chunks(conn: sqlite3.Connection, chunks: Iterable[_Wire], lsn: int) -> int:
+    """Insert projection rows; returns the sum of their state-digest terms.
+
+    Tree keys and record hashes are computed here, from the very bytes
+    inserted (each record hashed once), with C-level maps only.
+
+    Raises:
+        IntegrityError: a chunk's lengths do not tile its records.
+    """
+    as_json = _has_json(conn)
     total = 0
-    for agents, datas in chunks:
-        rhashes = list(map(record_hash, datas))
-        total += sum(map(int.from_bytes, rhashes))  # big-endian, as digest_add
-        conn.executemany(
-            "INSERT INTO agents(agent_id, lsn, tree_key, rhash, record)"
-            " VALUES (?, ?, ?, ?, ?)",
-            zip(agents, itertools.repeat(lsn), map(tree_key, agents), rhashes, datas),
-        )
+    for agents, lens, blob in chunks:
+        ends = list(itertools.accumulate(lens))
+        if len(agents) != len(lens) or (ends[-1] if ends else 0) != len(blob):
+            raise IntegrityError("bulk load: a chunk of records is malformed")
+        starts = [0, *ends[:-1]]
+        view = memoryview(blob)
+        terms = b"".join(record_hashes(map(view.__getitem__, map(slice, starts, ends))))
+        total += digest_terms_sum(terms)  # big-endian, as digest_add
+        keys = tree_keys(agents)
+        if as_json:
+            rows = json.dumps(list(zip(keys, agents, starts, lens, strict=True)))
+            conn.execute(_INSERT_CHUNK, (lsn, terms, blob, rows))
+        else:
+            datas = [blob[a:b] for a, b in zip(starts, ends, strict=True)]
+            hashes = [terms[i : i + 32] for i in range(0, len(terms), 32)]
+            conn.executemany(
+                _INSERT_ROWS,
+                zip(keys, agents, itertools.repeat(lsn), hashes, datas, strict=False),
+            )
     return total
 
 
@@ -1174,10 +1237,11 @@ class _Read1:
 def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     """The loader child: insert what ``source`` streams, answer on ``sink``.
 
-    ``source`` carries msgpack messages ``[agents, records]`` and finally
-    ``["commit", counts]``; the answer is ``["ok"]`` once committed or
-    ``["error", class name, message]``. Input that ends without ``commit``
-    (the parent died) rolls the transaction back. Returns the exit status.
+    ``source`` carries msgpack messages ``[agents, lengths, records]`` (see
+    :func:`_wire_chunks`) and finally ``["commit", counts]``; the answer is
+    ``["ok"]`` once committed or ``["error", class name, message]``. Input
+    that ends without ``commit`` (the parent died) rolls the transaction
+    back. Returns the exit status.
     """
     # read1: take what the pipe holds now. A plain read(n) would wait for n
     # bytes, so the end of one message would wait for the start of the next.
@@ -1186,12 +1250,12 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     )
     done: dict[str, int] = {}
 
-    def chunks() -> Iterator[tuple[list[str], list[bytes]]]:
+    def chunks() -> Iterator[_Wire]:
         for message in unpacker:
             if message[0] == "commit":
                 done.update(message[1])
                 return
-            yield message[0], message[1]
+            yield message[0], message[1], message[2]
         raise EOFError
 
     conn = None
@@ -1218,37 +1282,40 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     return 0
 
 
-def _agents_and_states(datas: list[bytes]) -> tuple[list[str], list[str]]:
+def _agents_and_states(blob: bytes, lens: list[int]) -> tuple[list[str], list[str]]:
     """Agent id and lifecycle state (``none`` without one) of each record.
+
+    ``blob`` is the records concatenated, ``lens`` the length of each.
 
     Raises:
         IntegrityError: a record does not decode or has a malformed lifecycle.
     """
     try:
-        return _scan_records(datas)
+        return _scan_records(blob, lens)
     except (ValueError, TypeError, msgpack.UnpackException):
         pass
     # Unusual records (no lifecycle, damage): decode them one by one, which
     # also names what is wrong.
     agents: list[str] = []
     states: list[str] = []
-    for data in datas:
+    ends = list(itertools.accumulate(lens))
+    for start, end in zip([0, *ends[:-1]], ends, strict=True):
+        data = blob[start:end]
         record = _decode_stored(data, "?")
         agents.append(record.agent_id)
         states.append(_state_of(record) or "none")
     return agents, states
 
 
-def _scan_records(datas: list[bytes]) -> tuple[list[str], list[str]]:
+def _scan_records(blob: bytes, lens: list[int]) -> tuple[list[str], list[str]]:
     """The fast path of :func:`_agents_and_states`: one streaming pass.
 
-    The records are concatenated and walked with one msgpack ``Unpacker``
+    The concatenated records are walked with one msgpack ``Unpacker``
     that skips wallets and balances in C and reads only the agent id and the
     lifecycle's ``state``: no record becomes Python objects. Each record must
     end exactly where its bytes end. Raises ValueError on anything unexpected
     (a missing lifecycle included); the caller then decodes record by record.
     """
-    blob = b"".join(datas)
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(blob), 1 << 20))
     unpacker.feed(blob)
     array, map_header, unpack, skip, tell = (
@@ -1261,8 +1328,8 @@ def _scan_records(datas: list[bytes]) -> tuple[list[str], list[str]]:
     agents: list[str] = []
     states: list[str] = []
     end = 0
-    for data in datas:
-        end += len(data)
+    for size in lens:
+        end += size
         if array() != 4:
             raise ValueError("not a record")
         agent = unpack()
