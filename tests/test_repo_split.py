@@ -108,8 +108,13 @@ def test_no_key_reaches_the_helpers_argv_or_environment(
 
     monkeypatch.setattr(split.subprocess, "Popen", popen)
     monkeypatch.setenv("VAULTSTORE_SPLIT_MIN", "100")
+    monkeypatch.setenv("VAULTSTORE_PASSWORD", "Split-Helper-Passw0rd!")
     full(repository(tmp_path, "r", 3), journal)
     assert seen
+    assert all("VAULTSTORE_PASSWORD" not in env for _, env in seen)
+    assert all(
+        "Split-Helper-Passw0rd!" not in " ".join(env.values()) for _, env in seen
+    )
     secrets = [KEYS.object_id, KEYS.seal, KEYS.record_id]
     for args, env in seen:
         text = " ".join(args + [f"{k}={v}" for k, v in env.items()])

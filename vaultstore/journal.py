@@ -796,7 +796,7 @@ class Journal(_Reader):
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=_loader_env(),
+            env=helper_env(),
         )
         assert child.stdin is not None and child.stdout is not None
         _widen_pipe(child.stdin.fileno())
@@ -1185,8 +1185,10 @@ def _end_load(
 _SECRET_ENV = ("VAULTSTORE_PASSWORD", "WALLET_BACKUP_PASSWORD")
 
 
-def _loader_env() -> dict[str, str]:
-    """This environment without secrets, this copy of vaultstore first on the path."""
+def helper_env() -> dict[str, str]:
+    """The environment of a vaultstore helper process (the loader, a full's
+    helper): this one without secrets, this copy of vaultstore first on the
+    path."""
     env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

@@ -50,6 +50,7 @@ from typing import IO, Any, NamedTuple
 import msgpack
 
 from vaultstore.errors import IntegrityError, LocalIOError, VaultstoreError
+from vaultstore.journal import helper_env, read_view
 from vaultstore.repo import tree
 from vaultstore.repo.objects import ID_SIZE, ObjectCodec
 
@@ -130,7 +131,7 @@ class HalfBuilder:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(self._spool.fileno(),),
-                env=_worker_env(),
+                env=helper_env(),
             )
         except OSError as exc:
             self._spool.close()
@@ -191,21 +192,11 @@ class HalfBuilder:
         self._spool.close()
 
 
-def _worker_env() -> dict[str, str]:
-    """This environment, with this copy of vaultstore first on the path."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
-
-
 def serve_half(journal_path: Path, source: IO[bytes], sink: IO[bytes]) -> int:
     """The child: build the buckets the parent names; answer on ``sink``.
 
     Returns the exit status (0 also for "moved": that is an answer).
     """
-    from vaultstore.journal import read_view
-
     try:
         config = msgpack.unpackb(source.read(), raw=False)
         codec = ObjectCodec.from_worker_state(config["codec"])
