@@ -990,18 +990,7 @@ class Writer:
         if not self._legacy:
             check_transition(agent_id, old_state, new_state)
         elif not transition_allowed(old_state, new_state):
-            log.warning(
-                "legacy record of agent %r jumps from %s to %s",
-                agent_id,
-                old_state,
-                new_state,
-                extra={
-                    "event": "journal.legacy-jump",
-                    "agentId": agent_id,
-                    "from": old_state,
-                    "to": new_state,
-                },
-            )
+            note_legacy_jump(agent_id, old_state, new_state)
 
     def _account(self, old: _Live, new: _Live) -> None:
         counts = self._counts
@@ -1183,6 +1172,23 @@ def _end_load(
 
 # Secrets a caller may keep in the environment: the loader needs none of them.
 _SECRET_ENV = ("VAULTSTORE_PASSWORD", "WALLET_BACKUP_PASSWORD")
+
+
+def note_legacy_jump(agent_id: str, old_state: str | None, new_state: str) -> None:
+    """Log a legacy lifecycle record that the live state machine would refuse
+    (legacy incrementals skip steps: such records are applied as they are)."""
+    log.warning(
+        "legacy record of agent %r jumps from %s to %s",
+        agent_id,
+        old_state,
+        new_state,
+        extra={
+            "event": "journal.legacy-jump",
+            "agentId": agent_id,
+            "from": old_state,
+            "to": new_state,
+        },
+    )
 
 
 def helper_env() -> dict[str, str]:

@@ -46,6 +46,7 @@ from typing import IO, Any
 import msgpack
 
 from vaultstore.errors import LocalIOError
+from vaultstore.journal import note_legacy_jump
 from vaultstore.model import transition_allowed, tree_key
 
 log = logging.getLogger(__name__)
@@ -208,18 +209,5 @@ def _note_jump(agent: bytes, old: bytes, new: bytes) -> None:
     """Log a replaced lifecycle record as the journal's legacy writer would."""
     old_state = msgpack.unpackb(old, raw=False)["state"]
     new_state = msgpack.unpackb(new, raw=False)["state"]
-    if transition_allowed(old_state, new_state):
-        return
-    agent_id = _agent_of(agent)
-    log.warning(
-        "legacy record of agent %r jumps from %s to %s",
-        agent_id,
-        old_state,
-        new_state,
-        extra={
-            "event": "journal.legacy-jump",
-            "agentId": agent_id,
-            "from": old_state,
-            "to": new_state,
-        },
-    )
+    if not transition_allowed(old_state, new_state):
+        note_legacy_jump(_agent_of(agent), old_state, new_state)

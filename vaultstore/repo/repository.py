@@ -932,12 +932,7 @@ class Repository:
                         entries.append((agent_id, loc[0], loc[1]))
                 if entries:
                     leaves.add(tree.PendingLeaf(bucket, entries), fresh)
-            run.batches.close_batch()
-            run.batches.flush()
-            leaves.resolve()
-            leaves.flush()
-            if leaves.pending:
-                raise IntegrityError("internal: tree leaves left unresolved")
+            tree.finish(run.batches, leaves)
             return agents
 
         changed = None
@@ -951,12 +946,7 @@ class Repository:
             self._patch_leaves(
                 changed, parent_leaves, shift, base_lsn, since, run, leaves
             )
-            run.batches.close_batch()
-            run.batches.flush()
-            leaves.resolve()
-            leaves.flush()
-            if leaves.pending:
-                raise IntegrityError("internal: tree leaves left unresolved")
+            tree.finish(run.batches, leaves)
             agents = int(journal.counts()["agents"])
         elif (helper := self._helper(journal, bits, same or bool(since))) is not None:
             # A full that reuses nothing, of many agents: a helper process

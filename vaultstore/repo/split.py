@@ -78,21 +78,11 @@ def build_range(
 ) -> int:
     """Place every live record of ``rows`` (tree order) in new batches and
     queue one leaf per bucket; returns the number of live agents. The caller
-    then calls :func:`finish`."""
+    then calls :func:`tree.finish`."""
     agents = 0
     for bucket, group in itertools.groupby(rows, key=lambda r: r[0] >> shift):
         agents += tree.place_new(bucket, list(group), batches, leaves)
     return agents
-
-
-def finish(batches: tree.BatchWriter, leaves: tree.LeafWriter) -> None:
-    """Close the last batch and write every leaf still waiting for one."""
-    batches.close_batch()
-    batches.flush()
-    leaves.resolve()
-    leaves.flush()
-    if leaves.pending:
-        raise IntegrityError("internal: tree leaves left unresolved")
 
 
 class HalfResult(NamedTuple):
@@ -249,5 +239,5 @@ def _build(
         )
         leaves = tree.LeafWriter(codec, batches, emit, leaf_ids)
         agents = build_range(rows, 63 - bits, batches, leaves)
-        finish(batches, leaves)
+        tree.finish(batches, leaves)
     return bytes(leaf_ids[first * ID_SIZE :]), agents, batches.records_written

@@ -479,3 +479,17 @@ def place_new(
     )
     leaves.add(PendingLeaf(bucket, entries), True)
     return len(records)
+
+
+def finish(batches: BatchWriter, leaves: LeafWriter) -> None:
+    """Close the last batch, then write every leaf still waiting for one.
+
+    Raises:
+        IntegrityError: a leaf is still waiting (a bug, never data).
+    """
+    batches.close_batch()
+    batches.flush()
+    leaves.resolve()
+    leaves.flush()
+    if leaves.pending:
+        raise IntegrityError("internal: tree leaves left unresolved")
