@@ -360,7 +360,11 @@ def table(run: dict[str, Any]) -> str:
 
 def chart(runs: list[dict[str, Any]], path: Path) -> None:
     """Time and bytes added against N, log-log, vaultstore and peers."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no chart: matplotlib is missing (pip install -e '.[bench]'); {path}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
