@@ -26,7 +26,7 @@ from tests.campaign_support import (
 )
 from tests.repo_fakejournal import state_digest_of
 from vaultstore.crypto.purpose import RepoKeys
-from vaultstore.errors import LocalIOError
+from vaultstore.errors import IntegrityError, LocalIOError
 from vaultstore.journal import Event, Journal
 from vaultstore.model import Record
 from vaultstore.repo import split
@@ -176,7 +176,7 @@ def test_a_truncated_spool_is_refused(tmp_path: Path) -> None:
     builder = split.HalfBuilder.__new__(split.HalfBuilder)
     builder._spool = (tmp_path / "spool").open("w+b")
     builder._spool.write(split.SPOOL_HEADER.pack(1, bytes(32), 100) + b"short")
-    with pytest.raises(Exception, match="truncated spool"):
+    with pytest.raises(IntegrityError, match="truncated spool"):
         list(builder.objects())
     builder._spool.close()
 

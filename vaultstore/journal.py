@@ -1170,7 +1170,7 @@ def _end_load(
     conn.execute("PRAGMA synchronous=FULL")
 
 
-# Secrets a caller may keep in the environment: the loader needs none of them.
+# Secrets a caller may keep in the environment: no helper process needs them.
 _SECRET_ENV = ("VAULTSTORE_PASSWORD", "WALLET_BACKUP_PASSWORD")
 
 

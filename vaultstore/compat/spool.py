@@ -37,7 +37,6 @@ and one read buffer per run while merging.
 from __future__ import annotations
 
 import heapq
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,8 +47,6 @@ import msgpack
 from vaultstore.errors import LocalIOError
 from vaultstore.journal import note_legacy_jump
 from vaultstore.model import transition_allowed, tree_key
-
-log = logging.getLogger(__name__)
 
 __all__ = ["RecordSpool", "SLOTS"]
 

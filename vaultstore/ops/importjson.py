@@ -129,14 +129,10 @@ def import_json(
         raise MisuseError("import-json needs at least one file")
     vault_path = Path(vault_path)
     files = order_files([Path(p) for p in paths])
-    if _vault_exists(vault_path):
-        report = _import_into(
-            vault_path, files, password, salt_file, allow_partial, profile, workers
-        )
-    else:
-        report = _import_new(
-            vault_path, files, password, salt_file, allow_partial, profile, workers
-        )
+    importer = _import_into if _vault_exists(vault_path) else _import_new
+    report = importer(
+        vault_path, files, password, salt_file, allow_partial, profile, workers
+    )
     log.info(
         "imported %d legacy file(s): %d wallets, %d lifecycle, %d balance lists",
         len(files),

@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 SPLIT_MIN = 50_000
 SPOOL_HEADER = struct.Struct(">B32sI")
 
-Row = tuple[int, str, int, bytes | None]
-
 
 def split_min() -> int:
     """:data:`SPLIT_MIN`, or ``VAULTSTORE_SPLIT_MIN`` (tests, tuning)."""
@@ -71,7 +69,7 @@ def split_min() -> int:
 
 
 def build_range(
-    rows: Iterator[Row],
+    rows: Iterator[tree.JournalRow],
     shift: int,
     batches: tree.BatchWriter,
     leaves: tree.LeafWriter,
@@ -155,7 +153,10 @@ class HalfBuilder:
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == "error":
             cls = IntegrityError if reply[1] == "IntegrityError" else LocalIOError
             raise cls(f"full-backup helper: {reply[2]}")
-        raise LocalIOError(f"the full-backup helper process failed (status {code})")
+        raise LocalIOError(
+            f"the full-backup helper process failed (exit status {code}); "
+            "nothing was published: rerun the backup"
+        )
 
     def objects(self) -> Iterator[tuple[int, bytes, bytes]]:
         """The spooled objects, ``(kind, object id, sealed)``, in order (read
@@ -221,7 +222,7 @@ def serve_half(journal_path: Path, source: IO[bytes], sink: IO[bytes]) -> int:
 
 
 def _build(
-    rows: Iterator[Row],
+    rows: Iterator[tree.JournalRow],
     codec: ObjectCodec,
     bits: int,
     first: int,

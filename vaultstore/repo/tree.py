@@ -460,7 +460,7 @@ def pending_slot(generation: int, slot: int) -> int:
     return (generation << 20) | slot
 
 
-JournalRow = tuple[int, str, int, "bytes | None"]  # tree key, agentId, lsn, record
+JournalRow = tuple[int, str, int, bytes | None]  # tree key, agentId, lsn, record
 
 
 def place_new(
