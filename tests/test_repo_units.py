@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from tests.memory_store import MemoryStore
 from vaultstore.crypto.purpose import RepoKeys
 from vaultstore.errors import IntegrityError, LocalIOError
+from vaultstore.repo import manifest as manifest_mod
 from vaultstore.repo import tree
+from vaultstore.repo.manifest import FULL, Manifest, ManifestCodec
 from vaultstore.repo.objects import BATCH, ObjectCodec, decode_batch
 from vaultstore.repo.pack import (
     PACKS_IN_FLIGHT,
@@ -225,3 +227,58 @@ def test_a_failed_pack_write_on_the_helper_thread_is_raised_and_not_reported() -
     # Only the packs before the failed one were reported (and so indexed).
     assert len(reported) == 2
     assert all(pack_name(p) in store.data for p in reported)
+
+
+def _manifest(**changes: object) -> Manifest:
+    fields: dict[str, object] = dict(
+        type=FULL,
+        time_ms=1,
+        host="h",
+        seq=3,
+        lsn_start=0,
+        lsn_end=9,
+        parent=None,
+        root=b"\x05" * 32,
+        changes=[],
+        agents=5,
+        records_added=5,
+        digest_before=bytes(32),
+        digest_after=b"\x07" * 32,
+        seed_envelope={},
+        bytes_added=0,
+        vault="ab",
+        states={"active": 3, "none": 2},
+    )
+    fields.update(changes)
+    return Manifest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "states",
+    [{"active": 3, "none": 1}, {"active": 5, "none": 0}, {"active": "5"}, [5], {5: 5}],
+    ids=["short", "zero", "text", "list", "int-key"],
+)
+def test_a_manifest_whose_states_do_not_count_its_agents_is_refused(
+    states: object,
+) -> None:
+    codec = ManifestCodec(b"\x01" * 16, RepoKeys.from_master(b"\x02" * 32))
+    good = _manifest()
+    assert codec.decode(codec.encode(good), "snapshots/0000000003") == good
+    data = codec.encode(_manifest(states=states))
+    with pytest.raises(IntegrityError, match="malformed"):
+        codec.decode(data, "snapshots/0000000003")
+
+
+def test_a_manifest_written_before_states_existed_decodes_without_them() -> None:
+    codec = ManifestCodec(b"\x01" * 16, RepoKeys.from_master(b"\x02" * 32))
+    old = _manifest(states=None)
+    body = old.body()
+    del body["states"]
+    real = manifest_mod.Manifest.body
+    try:
+        manifest_mod.Manifest.body = lambda self: body  # type: ignore[method-assign]
+        data = codec.encode(old)
+    finally:
+        manifest_mod.Manifest.body = real  # type: ignore[method-assign]
+    decoded = codec.decode(data, "snapshots/0000000003")
+    assert decoded.states is None and decoded == old

@@ -163,6 +163,57 @@ def test_restore_on_a_fresh_machine_equals_the_source_exactly(
     vault.close()
 
 
+def _rows(path: Path) -> list[tuple[Any, ...]]:
+    with Journal.open(path) as journal:
+        return journal._conn.execute(
+            "SELECT tree_key, agent_id, rhash, record FROM agents"
+            " WHERE record IS NOT NULL ORDER BY tree_key, agent_id"
+        ).fetchall()
+
+
+@pytest.mark.parametrize("manifest", ["with-states", "without-states"])
+def test_the_restored_counts_and_rows_equal_the_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manifest: str
+) -> None:
+    """Manifests that carry the counts by state (restore takes agent ids from
+    the tree and counts from the manifest) and older ones without them
+    (restore scans every record) restore the same journal."""
+    from vaultstore.repo import repository
+
+    if manifest == "without-states":
+        real = repository.Manifest
+        monkeypatch.setattr(
+            repository, "Manifest", lambda **kw: real(**{**kw, "states": None})
+        )
+    src = Source(tmp_path / "src")
+    rng = random.Random(11)
+    src.append(_fleet_events(src.deriver, range(40), rng))
+    src.backup("full", 1_800_000_000_000)
+    active = [
+        a
+        for n in range(10)
+        if (r := src.vault.journal.get(a := f"agent-{n:07d}"))
+        and r.lifecycle["state"] == "active"
+    ]
+    src.append([lifecycle(a, "archived", activatedAt=1, archivedAt=9) for a in active])
+    src.append([Event("remove", "agent-0000011", None)])
+    src.append(_fleet_events(src.deriver, range(40, 45), rng))
+    src.backup("incremental", 1_800_000_100_000)
+    head = src.repo.resolve("latest")[-1]
+    assert (head.states is None) == (manifest == "without-states")
+    target = tmp_path / "restored"
+    done = run(
+        src.env(VAULTSTORE_LOADER_MIN="0"), "restore", "latest", "--target", str(target)
+    )
+    assert done.returncode == 0, done.stderr
+    with Journal.open(target) as journal:
+        assert journal.counts() == src.vault.journal.counts()
+        assert journal.counts()["byState"]["archived"] >= len(active) > 0
+        assert journal.verify_projection() == []
+    assert _rows(target) == _rows(src.vault_dir) and len(_rows(target)) == 44
+    src.vault.close()
+
+
 def test_point_in_time_restore_picks_the_snapshot_at_or_before(
     source: Source, tmp_path: Path
 ) -> None:

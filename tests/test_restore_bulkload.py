@@ -103,6 +103,79 @@ def test_a_bad_record_fails_the_load_and_leaves_no_journal(
     assert not (tmp_path / "v" / "journal.db").exists()
 
 
+def _columns(
+    records: list[Record], size: int = 7
+) -> list[tuple[list[str], list[bytes]]]:
+    return [
+        (
+            [r.agent_id for r in records[i : i + size]],
+            [encode_record(r) for r in records[i : i + size]],
+        )
+        for i in range(0, len(records), size)
+    ]
+
+
+def _states(records: list[Record]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in records:
+        state = r.lifecycle["state"] if r.lifecycle else "none"
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+@pytest.mark.usefixtures("loader")
+def test_a_column_load_writes_what_a_scanning_load_writes(tmp_path: Path) -> None:
+    """Agent ids from the tree and counts from the manifest: the same journal."""
+    states = ["active", "suspended", "pending", "archived", None]
+    records = [record(n, states[n % 3]) for n in range(40)]
+    datas = [encode_record(r) for r in records]
+    with Journal.bulk_load(tmp_path / "scanned", datas, 42) as j:
+        scanned = (
+            j.counts(),
+            j.state_digest(),
+            j._conn.execute("SELECT * FROM agents").fetchall(),
+        )
+    with Journal.bulk_load_columns(
+        tmp_path / "columns", _columns(records), 42, _states(records)
+    ) as j:
+        assert j.verify_projection() == []
+        given = (
+            j.counts(),
+            j.state_digest(),
+            j._conn.execute("SELECT * FROM agents").fetchall(),
+        )
+    assert given == scanned and len(scanned[2]) == 40
+
+
+@pytest.mark.usefixtures("loader")
+@pytest.mark.parametrize("where", [0, 5, 12])
+def test_a_record_under_another_agents_id_fails_a_column_load(
+    tmp_path: Path, where: int
+) -> None:
+    records = [record(n) for n in range(14)]
+    columns = _columns(records)
+    chunk, slot = divmod(where, 7)
+    agents, datas = columns[chunk]
+    # agent-00001 is a prefix of agent-000010: only an exact id passes.
+    datas[slot] = (
+        encode_record(record(where + 1))
+        if where
+        else encode_record(record(0)._replace(agent_id="agent-000000"))
+    )
+    with pytest.raises(IntegrityError, match=f"agent-{where:05d}"):
+        Journal.bulk_load_columns(tmp_path / "v", columns, 5, _states(records))
+    assert not (tmp_path / "v" / "journal.db").exists()
+
+
+def test_a_column_chunk_with_more_ids_than_records_is_refused(tmp_path: Path) -> None:
+    records = [record(n) for n in range(3)]
+    agents, datas = _columns(records)[0]
+    with pytest.raises(IntegrityError, match="more agent ids or more records"):
+        Journal.bulk_load_columns(
+            tmp_path / "v", [([*agents, "x"], datas)], 5, _states(records)
+        )
+
+
 def test_an_sqlite_without_json_loads_the_same_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,8 +200,9 @@ def test_a_chunk_whose_lengths_do_not_tile_its_records_is_refused(
     data = encode_record(record(1))
     conn = journal._conn
     for bad in [
-        (["agent-00001"], [len(data) - 1], data),
-        (["a", "b"], [len(data)], data),
+        (["agent-00001"], [1], [len(data) - 1], data),
+        (["a", "b"], [1, 2], [len(data)], data),
+        (["a", "b"], [1], [len(data), 0], data),
     ]:
         with pytest.raises(IntegrityError, match="malformed"):
             journal_mod._insert_chunks(conn, [bad], 5)
@@ -226,7 +300,7 @@ def test_the_loader_exits_without_committing_when_its_input_ends_early(
     journal = Journal.create(tmp_path / "v")
     journal.close()
     data = encode_record(record(1))
-    stream = io.BytesIO(msgpack.packb([["agent-00001"], [len(data)], data]))
+    stream = io.BytesIO(msgpack.packb([["agent-00001"], [1], [len(data)], data]))
     answer = io.BytesIO()
     status = journal_mod.serve_bulk_load(journal.path, 9, _Buffered(stream), answer)
     assert status == 3 and answer.getvalue() == b""

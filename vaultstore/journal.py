@@ -739,12 +739,49 @@ class Journal(_Reader):
         Raises:
             IntegrityError: a record does not decode or an agent appears twice.
         """
+        counts: Counter[str] = Counter()
+        wires = _wire_chunks(_record_chunks(records), counts)
+        return cls._load(Path(vault_dir), wires, counts, lsn, expected)
+
+    @classmethod
+    def bulk_load_columns(
+        cls,
+        vault_dir: Path | str,
+        columns: Iterable[tuple[list[str], list[bytes]]],
+        lsn: int,
+        states: dict[str, int],
+        *,
+        expected: int = 0,
+    ) -> Journal:
+        """:meth:`bulk_load` of records whose agent ids and counts are known.
+
+        A restore knows each record's agent id from the snapshot's tree and
+        the counts by lifecycle state from its manifest, so no record is
+        scanned here: each is only checked to begin with its own agent id
+        (a C-level ``startswith`` per record).
+
+        Raises:
+            IntegrityError: a record is not its agent's, or an agent appears
+                twice.
+        """
+        wires = _column_wires(columns)
+        return cls._load(Path(vault_dir), wires, dict(states), lsn, expected)
+
+    @classmethod
+    def _load(
+        cls,
+        vault_dir: Path,
+        wires: Iterator[_Wire],
+        counts: dict[str, int],
+        lsn: int,
+        expected: int,
+    ) -> Journal:
         journal = cls.create(vault_dir)
         try:
             if expected >= _loader_process_min():
-                journal._bulk_insert_elsewhere(records, lsn)
+                journal._bulk_insert_elsewhere(wires, counts, lsn)
             else:
-                journal._bulk_insert(records, lsn)
+                journal._bulk_insert(wires, counts, lsn)
         except BaseException as exc:
             journal.close()
             for suffix in ("", "-wal", "-shm", "-journal"):
@@ -754,14 +791,15 @@ class Journal(_Reader):
             raise
         return journal
 
-    def _bulk_insert(self, records: Iterable[bytes | Record], lsn: int) -> None:
-        counts: Counter[str] = Counter()
+    def _bulk_insert(
+        self, wires: Iterator[_Wire], counts: dict[str, int], lsn: int
+    ) -> None:
+        """Insert ``wires`` here; ``counts`` is read once they are consumed."""
 
         def run() -> None:
             conn = self._conn
             _begin_load(conn)
-            chunks = _wire_chunks(_record_chunks(records), counts)
-            digest = _insert_chunks(conn, chunks, lsn)
+            digest = _insert_chunks(conn, wires, lsn)
             _end_load(conn, lsn, digest, counts)
 
         _guard(self.path, run)
@@ -770,21 +808,21 @@ class Journal(_Reader):
         self._fix_modes()
 
     def _bulk_insert_elsewhere(
-        self, records: Iterable[bytes | Record], lsn: int
+        self, wires: Iterator[_Wire], counts: dict[str, int], lsn: int
     ) -> None:
         """:meth:`_bulk_insert` with SQLite in a child process.
 
         One core cannot both produce a million records (decrypting,
         decompressing, scanning) and insert them: under one GIL each waits for
-        the other. Here this process scans each chunk for agent ids and
-        lifecycle states and streams ``[agents, lengths, records]`` over a
-        pipe (:func:`_wire_chunks`); the child (``python -m
+        the other. Here this process learns each chunk's agent ids and
+        lifecycle states (from the caller, or by scanning the records), adds
+        the tree keys and streams ``[agents, tree keys, lengths, records]``
+        over a pipe (:data:`_Wire`); the child (``python -m
         vaultstore.journal_loader``) hashes, inserts and commits, all in the
         one transaction :meth:`_bulk_insert` would use.
         If either side dies, the transaction is not committed and
         :meth:`bulk_load` removes the files. Nothing secret crosses the pipe.
         """
-        counts: Counter[str] = Counter()
         self._conn.close()  # the child switches journal modes: it must be alone
         child = subprocess.Popen(
             [
@@ -803,9 +841,8 @@ class Journal(_Reader):
         pack = msgpack.Packer().pack
         try:
             try:
-                chunks = _record_chunks(records)
-                for chunk in _wire_chunks(chunks, counts):
-                    child.stdin.write(pack(chunk))
+                for wire in wires:
+                    child.stdin.write(pack(wire))
                 faults.point("journal.commit.before")
                 child.stdin.write(msgpack.packb(["commit", dict(counts)]))
                 child.stdin.close()
@@ -1084,9 +1121,11 @@ def _begin_load(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
 
 
-# A chunk of a bulk load as it crosses the pipe: the agent ids, the length of
-# each record, and the records concatenated into one byte string.
-_Wire = tuple[list[str], list[int], bytes]
+# A chunk of a bulk load as it crosses the pipe: the agent ids, their tree
+# keys, the length of each record, and the records concatenated into one byte
+# string. The tree keys are computed by the sending side, which has the
+# spare time: the loader's inserts and record hashes are the longer half.
+_Wire = tuple[list[str], list[int], list[int], bytes]
 
 # One statement inserts a whole chunk: the records and their hashes are bound
 # once each as one blob, cut with substr(); a JSON array of
@@ -1113,7 +1152,36 @@ def _wire_chunks(
         blob = b"".join(datas)
         agents, states = _agents_and_states(blob, lens)
         counts.update(states)
-        yield agents, lens, blob
+        yield agents, tree_keys(agents), lens, blob
+
+
+# Every stored record is the msgpack array [agentId, wallet, lifecycle,
+# balances]: its bytes begin with this header, then the agent id.
+_RECORD_HEAD = b"\x94"
+
+
+def _column_wires(columns: Iterable[tuple[list[str], list[bytes]]]) -> Iterator[_Wire]:
+    """Chunks of records with known agent ids, checked and in :data:`_Wire` form.
+
+    Raises:
+        IntegrityError: a record does not begin with its own agent id.
+    """
+    pack = msgpack.Packer().pack
+    for agents, datas in columns:
+        heads = map(_RECORD_HEAD.__add__, map(pack, agents))
+        if len(agents) != len(datas) or not all(map(bytes.startswith, datas, heads)):
+            raise IntegrityError(f"bulk load: {_stray_record(agents, datas)}")
+        yield agents, tree_keys(agents), list(map(len, datas)), b"".join(datas)
+
+
+def _stray_record(agents: list[str], datas: list[bytes]) -> str:
+    if len(agents) != len(datas):
+        return "a chunk has more agent ids or more records than the other"
+    pack = msgpack.Packer().pack
+    for agent, data in zip(agents, datas, strict=True):
+        if not data.startswith(_RECORD_HEAD + pack(agent)):
+            return f"the record filed under agent {agent!r} is not that agent's"
+    return "internal: no stray record found"
 
 
 def _has_json(conn: sqlite3.Connection) -> bool:
@@ -1127,23 +1195,24 @@ def _has_json(conn: sqlite3.Connection) -> bool:
 def _insert_chunks(conn: sqlite3.Connection, chunks: Iterable[_Wire], lsn: int) -> int:
     """Insert projection rows; returns the sum of their state-digest terms.
 
-    Tree keys and record hashes are computed here, from the very bytes
-    inserted (each record hashed once), with C-level maps only.
+    Record hashes are computed here, from the very bytes inserted (each
+    record hashed once), with C-level maps only.
 
     Raises:
         IntegrityError: a chunk's lengths do not tile its records.
     """
     as_json = _has_json(conn)
     total = 0
-    for agents, lens, blob in chunks:
+    for agents, keys, lens, blob in chunks:
         ends = list(itertools.accumulate(lens))
-        if len(agents) != len(lens) or (ends[-1] if ends else 0) != len(blob):
+        if not len(agents) == len(keys) == len(lens) or (
+            ends[-1] if ends else 0
+        ) != len(blob):
             raise IntegrityError("bulk load: a chunk of records is malformed")
         starts = [0, *ends[:-1]]
         view = memoryview(blob)
         terms = b"".join(record_hashes(map(view.__getitem__, map(slice, starts, ends))))
         total += digest_terms_sum(terms)  # big-endian, as digest_add
-        keys = tree_keys(agents)
         if as_json:
             rows = json.dumps(list(zip(keys, agents, starts, lens, strict=True)))
             conn.execute(_INSERT_CHUNK, (lsn, terms, blob, rows))
@@ -1245,7 +1314,7 @@ class _Read1:
 def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     """The loader child: insert what ``source`` streams, answer on ``sink``.
 
-    ``source`` carries msgpack messages ``[agents, lengths, records]`` (see
+    ``source`` carries msgpack messages ``[agents, tree keys, lengths, records]`` (see
     :func:`_wire_chunks`) and finally ``["commit", counts]``; the answer is
     ``["ok"]`` once committed or ``["error", class name, message]``. Input
     that ends without ``commit`` (the parent died) rolls the transaction
@@ -1263,7 +1332,7 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
             if message[0] == "commit":
                 done.update(message[1])
                 return
-            yield message[0], message[1], message[2]
+            yield message[0], message[1], message[2], message[3]
         raise EOFError
 
     conn = None

@@ -37,6 +37,7 @@ import logging
 import shutil
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,14 +132,24 @@ class Vault:
             NotFoundError: the directory holds no journal.
             InputError, WeakPasswordError: as for :meth:`create`.
         """
+        cls.install(path, prepare_adoption(password, mnemonic, profile))
+
+    @classmethod
+    def install(cls, path: Path | str, adoption: Adoption) -> None:
+        """:meth:`adopt` with its key derivations already run (see
+        :func:`prepare_adoption`): only the writes.
+
+        Raises:
+            MisuseError: the directory already has a key file.
+            NotFoundError: the directory holds no journal.
+        """
         path = Path(path)
-        mnemonic = normalize_mnemonic(mnemonic)
-        check_password(password)
         if (path / KEYFILE_NAME).exists():
             raise MisuseError(f"a vault already exists at {path}", path=str(path))
-        _, keyfile, sealed_seed, envelope = _seal_all(mnemonic, password, profile)
         with Journal.open(path) as journal:
-            _install(journal, path, keyfile, sealed_seed, envelope)
+            _install(
+                journal, path, adoption.keyfile, adoption.sealed_seed, adoption.envelope
+            )
         log.info("adopted vault %s", path, extra={"event": "vault.adopt"})
 
     @classmethod
@@ -348,6 +359,33 @@ def _decode_wallet(agent_id: str, data: bytes) -> dict[str, Any] | None:
     except (ValueError, TypeError) as exc:
         raise IntegrityError(f"record of agent {agent_id!r} does not decode") from exc
     return wallet if isinstance(wallet, dict) else None
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What :meth:`Vault.install` writes: a new key file, and the seed sealed
+    under its master key and in its envelope. Nothing here is plaintext."""
+
+    keyfile: bytes
+    sealed_seed: bytes
+    envelope: bytes
+
+
+def prepare_adoption(
+    password: str, mnemonic: str, profile: str = "production"
+) -> Adoption:
+    """Every key derivation of :meth:`Vault.adopt`, and no write.
+
+    A restore runs this on a thread while it loads the journal (Argon2id
+    releases the GIL), so the derivations cost no time of their own.
+
+    Raises:
+        InputError, WeakPasswordError: as for :meth:`Vault.create`.
+    """
+    mnemonic = normalize_mnemonic(mnemonic)
+    check_password(password)
+    _, keyfile, sealed_seed, envelope = _seal_all(mnemonic, password, profile)
+    return Adoption(keyfile, sealed_seed, envelope)
 
 
 def _seal_all(

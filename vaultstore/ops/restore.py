@@ -29,6 +29,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from vaultstore.repo.repository import (
     VAULT_ID_META,
     Repository,
 )
-from vaultstore.vault import Vault
+from vaultstore.vault import Adoption, Vault, prepare_adoption
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,14 @@ def restore(
         dry_run=dry_run,
     )
     staging = _staging_dir(target)
+    # The new vault's key derivations run on a thread during the load.
+    keys = ThreadPoolExecutor(1, "vaultstore-restore-keys")
+    adoption: Future[Adoption] | None = None
     try:
+        if not dry_run:
+            adoption = keys.submit(prepare_adoption, password, mnemonic, kdf_profile)
         sample = _SampleCollector(verify_addresses)
-        counted = _CountingChunks(repo.iter_state_chunks(head), sample)
+        counted = _CountingChunks(repo.iter_state_columns(head), sample)
         if dry_run:
             digest = timer.run("read-records", counted.drain_with_digest)
         else:
@@ -145,16 +151,20 @@ def restore(
                 lambda: _load_journal(staging, counted, head, meta),
             )
         _check_digest(digest, head.digest_after, head.id)
+        if head.states is not None and counted.count != head.agents:
+            raise IntegrityError(
+                f"snapshot {head.id}: {counted.count} agents restored, "
+                f"its manifest counts {head.agents}",
+                snapshot=head.id,
+            )
         report.agents = counted.count
         report.digest = digest.hex()
         report.wallets_verified = timer.run(
             "verify-addresses", lambda: _verify(mnemonic, sample.wallets)
         )
-        if not dry_run:
-            timer.run(
-                "seal-seed",
-                lambda: Vault.adopt(staging, password, mnemonic, kdf_profile),
-            )
+        if adoption is not None:
+            sealed = adoption
+            timer.run("seal-seed", lambda: Vault.install(staging, sealed.result()))
             faults.point("restore.before-swap")
             timer.run(
                 "swap",
@@ -165,6 +175,7 @@ def restore(
             )
             faults.point("restore.after-swap")
     finally:
+        keys.shutdown(wait=True, cancel_futures=True)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report.timings = timer.timings
@@ -267,26 +278,31 @@ class _CountingChunks:
     go straight on to the journal load, which hashes each one once).
     """
 
-    def __init__(self, chunks: Iterator[list[bytes]], sample: _SampleCollector) -> None:
-        self._chunks = chunks
+    def __init__(
+        self,
+        columns: Iterator[tuple[list[str], list[bytes]]],
+        sample: _SampleCollector,
+    ) -> None:
+        self._columns = columns
         self._sample = sample
         self.count = 0
 
-    def chunks(self) -> Iterator[list[bytes]]:
+    def columns(self) -> Iterator[tuple[list[str], list[bytes]]]:
+        """The ``(agent ids, records)`` chunks, counted and sampled."""
         offer = self._sample.offer_chunk
-        for chunk in self._chunks:
+        for agents, chunk in self._columns:
             self.count += len(chunk)
             offer(chunk)
-            yield chunk
+            yield agents, chunk
         self._sample.finish()
 
     def records(self) -> Iterator[bytes]:
-        return itertools.chain.from_iterable(self.chunks())
+        return itertools.chain.from_iterable(chunk for _, chunk in self.columns())
 
     def drain_with_digest(self) -> bytes:
         """Read everything, writing nothing: the state digest of the records."""
         total = 0
-        for chunk in self.chunks():
+        for _, chunk in self.columns():
             total += sum(map(int.from_bytes, map(record_hash, chunk)))
         return (total % (1 << 256)).to_bytes(32, "big")
 
@@ -317,11 +333,18 @@ def _load_journal(
     """Write the new journal; returns the state digest of the records it holds.
 
     The digest is the one the load computed over the very bytes it inserted
-    (``Journal.state_digest``), so each record is hashed once, not twice.
+    (``Journal.state_digest``), so each record is hashed once, not twice. A
+    manifest that carries the counts by lifecycle state spares the load a
+    pass over every record; an older one is counted record by record.
     """
-    journal = Journal.bulk_load(
-        staging, counted.records(), head.lsn_end, expected=head.agents
-    )
+    if head.states is not None:
+        journal = Journal.bulk_load_columns(
+            staging, counted.columns(), head.lsn_end, head.states, expected=head.agents
+        )
+    else:
+        journal = Journal.bulk_load(
+            staging, counted.records(), head.lsn_end, expected=head.agents
+        )
     try:
         for key, value in meta.items():
             journal.set_meta(key, value)

@@ -71,6 +71,11 @@ class Manifest:
     # The vault that took the snapshot (hex). Several vaults may share one
     # repository; each chains its snapshots on its own previous one.
     vault: str = ""
+    # Live agents by lifecycle state ("none": no lifecycle record) at lsn_end,
+    # as the journal counted them. A restore takes its counts from here
+    # instead of reading every record's lifecycle. Manifests written before
+    # this field existed carry None, and a restore then counts.
+    states: dict[str, int] | None = None
     id: str = field(default="", compare=False)
     stored_size: int = field(default=0, compare=False)
 
@@ -180,6 +185,20 @@ _FIELDS = (
 )
 
 
+def _check_states(manifest: Manifest) -> None:
+    """Raise TypeError unless ``states`` is absent or counts ``agents`` exactly."""
+    states = manifest.states
+    if states is None:
+        return
+    if (
+        type(states) is not dict
+        or not all(type(k) is str for k in states)
+        or not all(type(v) is int and v > 0 for v in states.values())
+        or sum(states.values()) != manifest.agents
+    ):
+        raise TypeError("states do not count the agents")
+
+
 def _from_body(body: bytes, name: str) -> Manifest:
     try:
         data = msgpack.unpackb(body, raw=False, strict_map_key=False)
@@ -191,9 +210,12 @@ def _from_body(body: bytes, name: str) -> Manifest:
             )
         # Manifests written before vault identities existed carry none.
         fields = {k: data[k] for k in _FIELDS if k != "vault"}
-        manifest = Manifest(**fields, vault=data.get("vault", ""))
+        manifest = Manifest(
+            **fields, vault=data.get("vault", ""), states=data.get("states")
+        )
         if not isinstance(manifest.vault, str):
             raise TypeError("vault is not a string")
+        _check_states(manifest)
     except (ValueError, TypeError, KeyError, msgpack.ExtraData) as exc:
         raise IntegrityError(f"manifest {name} body is malformed") from exc
     if manifest.type not in (FULL, INCREMENTAL) or (

@@ -602,6 +602,21 @@ class Repository:
     def iter_state_chunks(self, manifest: Manifest) -> Iterator[list[bytes]]:
         """The records of :meth:`iter_state`, a few thousand per list, in order.
 
+        Raises:
+            IntegrityError: a chain link or an object is missing or corrupt.
+        """
+        for _, records in self.iter_state_columns(manifest):
+            yield records
+
+    def iter_state_columns(
+        self, manifest: Manifest
+    ) -> Iterator[tuple[list[str], list[bytes]]]:
+        """:meth:`iter_state_chunks` with each record's agent id beside it.
+
+        The ids come from the tree (the leaves and change sets), not from the
+        records: a caller that needs them (a restore's journal load) need not
+        decode a million records to learn them.
+
         Objects are fetched a whole pack at a time and opened (decrypted,
         decompressed, checked against their ids) by :data:`READ_WORKERS`
         thread(s) working a group of leaves ahead of the caller: fetches and
@@ -667,7 +682,8 @@ class Repository:
                     )
                 lsn_end = reader.last_lsn()
                 digest_after = reader.state_digest()
-                agents = int(reader.counts()["agents"])
+                counts = reader.counts()
+                agents = int(counts["agents"])
                 changes: list[bytes] = []
                 root: bytes | None = None
                 if kind == FULL:
@@ -682,6 +698,7 @@ class Repository:
         finally:
             run.close()
         self.index.save()
+        states = {k: int(v) for k, v in counts.get("byState", {}).items() if v}
         manifest = Manifest(
             type=kind,
             time_ms=now_ms,
@@ -699,6 +716,8 @@ class Repository:
             seed_envelope=seed_envelope,
             bytes_added=run.packs.bytes_written,
             vault=vault_id,
+            # Only counts that add up: a restore would refuse any others.
+            states=states if sum(states.values()) == agents else None,
         )
         self._commit(manifest, parent)
         journal.set_meta(LAST_SNAPSHOT_PREFIX + self.id, manifest.id.encode("ascii"))
@@ -1185,7 +1204,9 @@ class _StateReader:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def chunks(self, buckets: Iterator[_Bucket]) -> Iterator[list[bytes]]:
+    def chunks(
+        self, buckets: Iterator[_Bucket]
+    ) -> Iterator[tuple[list[str], list[bytes]]]:
         groups = _grouped(buckets, GROUP_LEAVES)
         upcoming = self._submit_leaves(next(groups, None))
         current: list[_Decoded] | None = None
@@ -1251,18 +1272,23 @@ class _StateReader:
                 self._batches[batch] = self.pool.submit(self._open_batch, batch)
         return needed
 
-    def _records(self, group: list[_Decoded], needed: set[bytes]) -> list[bytes]:
+    def _records(
+        self, group: list[_Decoded], needed: set[bytes]
+    ) -> tuple[list[str], list[bytes]]:
         # Batches of a group were submitted a group earlier: wait for them all.
         ready = {b: self._batches[b].result() for b in needed}
+        ids: list[str] = []
         out: list[bytes] = []
         changes = self.changes
         self._pending_uses.subtract(loc[0] for _, added in group for _, _, loc in added)
         for leaf, added in group:
             if leaf is None:
-                self._append(out, ready, [(a, loc[0], loc[1]) for _, a, loc in added])
+                locs = [(a, loc[0], loc[1]) for _, a, loc in added]
+                self._append(ids, out, ready, locs)
             elif added or (changes and not changes.keys().isdisjoint(leaf.agents)):
-                self._append(out, ready, self._patched(leaf, added))
+                self._append(ids, out, ready, self._patched(leaf, added))
             else:
+                ids += leaf.agents
                 lists = [ready[b] for b in leaf.table]
                 try:
                     if len(lists) == 1:  # the common case: one batch, a C-level map
@@ -1274,7 +1300,7 @@ class _StateReader:
                         ]
                 except IndexError:
                     raise self._bad_slot(leaf, ready) from None
-        return out
+        return ids, out
 
     def _patched(
         self, leaf: _Leaf, added: list[_Added]
@@ -1298,14 +1324,16 @@ class _StateReader:
 
     @staticmethod
     def _append(
+        ids: list[str],
         out: list[bytes],
         ready: dict[bytes, list[bytes]],
         locs: list[tuple[str, bytes, int]],
     ) -> None:
-        for _, batch, slot in locs:
+        for agent_id, batch, slot in locs:
             records = ready[batch]
             if not 0 <= slot < len(records):
                 raise IntegrityError(f"{describe(BATCH, batch)} has no slot {slot}")
+            ids.append(agent_id)
             out.append(records[slot])
 
     @staticmethod
