@@ -162,3 +162,74 @@ def test_damaged_leaf_names_both_dependent_snapshots(tmp_path: Path) -> None:
     report = recheck(store)
     leaf_problems = [p for p in report.problems if oid.hex()[:16] in p.what]
     assert leaf_problems and leaf_problems[0].snapshots
+
+
+class _Misreporting(FakeJournal):
+    """A journal whose digest or counts disagree with its records: what a
+    writer bug would publish under a valid MAC."""
+
+    def __init__(self, digest: bytes | None = None, by_state: dict | None = None):
+        super().__init__()
+        self.forced_digest = digest
+        self.by_state = by_state
+
+    def state_digest(self) -> bytes:
+        return self.forced_digest or super().state_digest()
+
+    def counts(self) -> dict[str, object]:
+        counts = super().counts()
+        if self.by_state is not None:
+            counts["byState"] = self.by_state
+        return counts
+
+
+def _one_full(journal: FakeJournal) -> tuple[DictStore, Repository]:
+    for n in range(40):
+        if f"agent-{n}" not in journal.agents:
+            journal.put(f"agent-{n}", n)
+    store = DictStore()
+    repo = Repository.init(store, PASSWORD, "test", None, pack_size=2048)
+    repo.backup(journal, "full", {}, "h", 1)
+    return store, repo
+
+
+def test_read_data_recomputes_every_snapshot_state(tmp_path: Path) -> None:
+    store, repo = build(tmp_path)
+    assert repo.check(read_data=True).states_verified == 3
+    assert repo.check(read_data=False).states_verified == 0
+    honest = _Misreporting(by_state={"active": 40})
+    _, repo = _one_full(honest)
+    report = repo.check(read_data=True)
+    assert report.ok and report.states_verified == 1, report.as_dict()
+    assert repo.resolve("latest")[-1].states == {"active": 40}
+
+
+@pytest.mark.parametrize(
+    ("journal", "message"),
+    [
+        (_Misreporting(digest=b"\x01" * 32), "do not match its state digest"),
+        (
+            _Misreporting(by_state={"active": 39, "archived": 1}),
+            "counts by lifecycle state differ",
+        ),
+    ],
+    ids=["digest", "states"],
+)
+def test_read_data_names_a_snapshot_whose_manifest_misdescribes_its_state(
+    journal: FakeJournal, message: str
+) -> None:
+    _, repo = _one_full(journal)
+    assert repo.check(read_data=False).ok  # structure and MACs are sound
+    report = repo.check(read_data=True)
+    [problem] = report.problems
+    assert problem.what == "snapshot 1" and message in problem.message
+    assert [s.split(":")[0] for s in problem.snapshots] == ["1"]
+
+
+def test_read_data_names_a_record_filed_under_another_agent(tmp_path: Path) -> None:
+    journal = FakeJournal()
+    journal.put("agent-8", 8)
+    journal._set("agent-7", journal.agents["agent-8"][2])  # agent-8's record
+    _, repo = _one_full(journal)
+    [problem] = repo.check(read_data=True).problems
+    assert problem.what == "snapshot 1" and "'agent-7'" in problem.message

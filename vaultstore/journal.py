@@ -1359,6 +1359,18 @@ def serve_bulk_load(path: Path, lsn: int, source: Any, sink: Any) -> int:
     return 0
 
 
+def record_census(records: list[bytes]) -> tuple[list[str], list[str]]:
+    """The agent id and lifecycle state (``none`` without one) of each record.
+
+    What a bulk load learns from records it is not told about; ``check
+    --read-data`` uses it to recompute a snapshot's counts.
+
+    Raises:
+        IntegrityError: a record does not decode.
+    """
+    return _agents_and_states(b"".join(records), list(map(len, records)))
+
+
 def _agents_and_states(blob: bytes, lens: list[int]) -> tuple[list[str], list[str]]:
     """Agent id and lifecycle state (``none`` without one) of each record.
 

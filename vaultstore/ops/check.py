@@ -13,7 +13,9 @@ def run_check(repo: Repository, read_data: bool = False) -> CheckReport:
     """Verify every manifest, chain link, pack table and referenced object.
 
     With ``read_data`` every object's bytes are decrypted and their ids
-    recomputed. The report names each damaged thing and its snapshots.
+    recomputed, and every sound snapshot's state is read back as a restore
+    would read it and checked against its manifest (digest, agents, counts by
+    lifecycle state). The report names each damaged thing and its snapshots.
     """
     report = repo.check(read_data=read_data)
     log.info(
@@ -28,7 +30,12 @@ def report_text(report: CheckReport) -> str:
     """A person-readable rendering of a check report."""
     lines = [
         f"checked {report.snapshots} snapshots, {report.packs} packs, "
-        f"{report.objects} objects" + (" (all data read)" if report.read_data else "")
+        f"{report.objects} objects"
+        + (
+            f" (all data read, {report.states_verified} snapshot states recomputed)"
+            if report.read_data
+            else ""
+        )
     ]
     for warning in report.warnings:
         lines.append(f"warning: {warning}")

@@ -9,9 +9,11 @@ through the chain of an incremental).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from vaultstore.errors import IntegrityError, VaultstoreError
+from vaultstore.model import record_hash
 from vaultstore.repo import tree
 from vaultstore.repo.manifest import Manifest, manifest_name
 from vaultstore.repo.objects import BATCH, CHANGES, LEAF, ROOT, decode_batch, describe
@@ -84,9 +86,53 @@ class Checker:
                 cur = parent
             for key in keys:
                 self.problems[key].snapshots.add(f"{m.seq}:{m.id[:16]}")
+            if self.read_data and not keys:
+                self._check_state(m)
         self.report.snapshots = len(manifests)
         self.report.problems = list(self.problems.values())
         return self.report
+
+    def _check_state(self, m: Manifest) -> None:
+        """Recompute a sound snapshot's state as a restore would read it.
+
+        The records' digest must equal the manifest's ``digest_after``, their
+        number its ``agents`` and their lifecycle states its ``states``; each
+        record must be the agent's that the tree files it under.
+        """
+        from vaultstore.journal import record_census
+
+        total = count = 0
+        states: Counter[str] = Counter()
+        what = f"snapshot {m.seq}"
+        try:
+            for agents, records in self.repo.iter_state_columns(m):
+                found, found_states = record_census(records)
+                if found != agents:
+                    stray = next(
+                        a for a, b in zip(agents, found, strict=True) if a != b
+                    )
+                    self._tag(
+                        what, f"the tree files agent {stray!r} at another's record", m
+                    )
+                    return
+                states.update(found_states)
+                count += len(records)
+                total += sum(map(int.from_bytes, map(record_hash, records)))
+        except IntegrityError as exc:
+            self._tag(what, f"its state does not read back: {exc.message}", m)
+            return
+        self.report.states_verified += 1
+        if (total % (1 << 256)).to_bytes(32, "big") != m.digest_after:
+            self._tag(what, "its records do not match its state digest", m)
+        elif count != m.agents:
+            self._tag(what, f"holds {count} agents, its manifest says {m.agents}", m)
+        elif m.states is not None and dict(states) != m.states:
+            self._tag(what, "its counts by lifecycle state differ from its manifest", m)
+
+    def _tag(self, what: str, message: str, m: Manifest) -> None:
+        self.problems[self._problem(what, message)].snapshots.add(
+            f"{m.seq}:{m.id[:16]}"
+        )
 
     def _check_packs(self) -> None:
         store, codec = self.repo.store, self.repo.codec

@@ -173,6 +173,8 @@ class CheckReport:
     objects: int = 0
     snapshots: int = 0
     read_data: bool = False
+    # Snapshots whose whole state was read back and recomputed (--read-data).
+    states_verified: int = 0
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -187,6 +189,7 @@ class CheckReport:
             "objects": self.objects,
             "snapshots": self.snapshots,
             "read_data": self.read_data,
+            "states_verified": self.states_verified,
             "problems": [p.as_dict() for p in self.problems],
             "warnings": self.warnings,
         }
