@@ -1158,6 +1158,7 @@ def _wire_chunks(
 # Every stored record is the msgpack array [agentId, wallet, lifecycle,
 # balances]: its bytes begin with this header, then the agent id.
 _RECORD_HEAD = b"\x94"
+_PACK_ID = msgpack.Packer().pack  # one id per call; C code under the GIL throughout
 
 
 def _column_wires(columns: Iterable[tuple[list[str], list[bytes]]]) -> Iterator[_Wire]:
@@ -1166,20 +1167,28 @@ def _column_wires(columns: Iterable[tuple[list[str], list[bytes]]]) -> Iterator[
     Raises:
         IntegrityError: a record does not begin with its own agent id.
     """
-    pack = msgpack.Packer().pack
     for agents, datas in columns:
-        heads = map(_RECORD_HEAD.__add__, map(pack, agents))
-        if len(agents) != len(datas) or not all(map(bytes.startswith, datas, heads)):
-            raise IntegrityError(f"bulk load: {_stray_record(agents, datas)}")
+        check_record_owners(agents, datas)
         yield agents, tree_keys(agents), list(map(len, datas)), b"".join(datas)
+
+
+def check_record_owners(agents: list[str], datas: list[bytes]) -> None:
+    """Check that each record begins with its agent id (C-level, no decoding).
+
+    Raises:
+        IntegrityError: a record is not its agent's, or the lists differ in
+            length.
+    """
+    heads = map(_RECORD_HEAD.__add__, map(_PACK_ID, agents))
+    if len(agents) != len(datas) or not all(map(bytes.startswith, datas, heads)):
+        raise IntegrityError(f"bulk load: {_stray_record(agents, datas)}")
 
 
 def _stray_record(agents: list[str], datas: list[bytes]) -> str:
     if len(agents) != len(datas):
         return "a chunk has more agent ids or more records than the other"
-    pack = msgpack.Packer().pack
     for agent, data in zip(agents, datas, strict=True):
-        if not data.startswith(_RECORD_HEAD + pack(agent)):
+        if not data.startswith(_RECORD_HEAD + _PACK_ID(agent)):
             return f"the record filed under agent {agent!r} is not that agent's"
     return "internal: no stray record found"
 

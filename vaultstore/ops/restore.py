@@ -43,7 +43,7 @@ from vaultstore.errors import (
     MisuseError,
     NotFoundError,
 )
-from vaultstore.journal import Journal
+from vaultstore.journal import Journal, check_record_owners
 from vaultstore.locks import VaultLock
 from vaultstore.model import decode_record, record_hash
 from vaultstore.repo.manifest import Manifest
@@ -135,11 +135,13 @@ def restore(
     )
     staging = _staging_dir(target)
     # The new vault's key derivations run on a thread during the load.
-    keys = ThreadPoolExecutor(1, "vaultstore-restore-keys")
+    kdf_pool = ThreadPoolExecutor(1, "vaultstore-restore-kdf")
     adoption: Future[Adoption] | None = None
     try:
         if not dry_run:
-            adoption = keys.submit(prepare_adoption, password, mnemonic, kdf_profile)
+            adoption = kdf_pool.submit(
+                prepare_adoption, password, mnemonic, kdf_profile
+            )
         sample = _SampleCollector(verify_addresses)
         counted = _CountingChunks(repo.iter_state_columns(head), sample)
         if dry_run:
@@ -175,7 +177,7 @@ def restore(
             )
             faults.point("restore.after-swap")
     finally:
-        keys.shutdown(wait=True, cancel_futures=True)
+        kdf_pool.shutdown(wait=True, cancel_futures=True)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report.timings = timer.timings
@@ -300,9 +302,11 @@ class _CountingChunks:
         return itertools.chain.from_iterable(chunk for _, chunk in self.columns())
 
     def drain_with_digest(self) -> bytes:
-        """Read everything, writing nothing: the state digest of the records."""
+        """Read everything, writing nothing: the state digest of the records
+        (each checked to be its agent's, as a load would)."""
         total = 0
-        for _, chunk in self.columns():
+        for agents, chunk in self.columns():
+            check_record_owners(agents, chunk)
             total += sum(map(int.from_bytes, map(record_hash, chunk)))
         return (total % (1 << 256)).to_bytes(32, "big")
 
