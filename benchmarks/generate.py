@@ -27,6 +27,8 @@ Outputs (no on-disk format of vaultstore's own is defined here):
 Command line::
 
     python benchmarks/generate.py state   --agents N [--seed S] [--jobs J] -o FILE
+    (``-o -`` for standard output, the report then on standard error; state
+    and changes only)
     python benchmarks/generate.py changes --agents N --percent P [--round R] -o FILE
     python benchmarks/generate.py legacy  --agents N [--after-percent P] -o FILE
     python benchmarks/generate.py shards  --agents N [--after-percent P] \
@@ -41,9 +43,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
+import contextlib
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import sys
@@ -52,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from Crypto.Hash import keccak
 
@@ -656,15 +661,31 @@ def write_state(path: Path, seed: int, agents: int, jobs: int = 1) -> int:
         (seed, start, min(start + STATE_CHUNK, agents))
         for start in range(0, agents, STATE_CHUNK)
     ]
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
+    with _output(path) as out:
         if jobs <= 1:
             for task in tasks:
                 out.write(_state_chunk(task))
             return agents
+        # At most a few chunks per worker ahead of the writer: piped into a
+        # slower reader (``vaultstore ingest -``), Pool.imap would buffer
+        # every finished chunk (5.7 GB at 10M agents).
+        ahead: collections.deque[multiprocessing.pool.AsyncResult[str]]
+        ahead = collections.deque()
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            for text in pool.imap(_state_chunk, tasks):
-                out.write(text)
+            for task in tasks:
+                if len(ahead) >= 4 * jobs:
+                    out.write(ahead.popleft().get())
+                ahead.append(pool.apply_async(_state_chunk, (task,)))
+            while ahead:
+                out.write(ahead.popleft().get())
     return agents
+
+
+def _output(path: Path) -> contextlib.AbstractContextManager[TextIO]:
+    """The text file at ``path``, or standard output for ``-``."""
+    if str(path) == "-":
+        return contextlib.nullcontext(sys.stdout)
+    return open(path, "w", encoding="utf-8", newline="\n")
 
 
 def write_changes(
@@ -672,7 +693,7 @@ def write_changes(
 ) -> dict[str, int]:
     """Write one change round as NDJSON; returns counts per change kind."""
     counts: dict[str, int] = {}
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
+    with _output(path) as out:
         for kind, chunk in iter_change_events(seed, agents, percent, change_round):
             counts[kind] = counts.get(kind, 0) + 1
             out.write(chunk)
@@ -914,10 +935,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         report["written_agents"] = total
     report["seconds"] = round(time.perf_counter() - started, 3)
-    if args.command != "shards":
+    # With ``-o -`` the data goes to standard output and the report to
+    # standard error, so the output can be piped into ``vaultstore ingest -``.
+    to_stdout = str(args.output) == "-"
+    if args.command != "shards" and not to_stdout:
         report["bytes"] = os.path.getsize(args.output)
-    json.dump(report, sys.stdout)
-    sys.stdout.write("\n")
+    report_stream = sys.stderr if to_stdout else sys.stdout
+    json.dump(report, report_stream)
+    report_stream.write("\n")
     return 0
 
 
