@@ -108,9 +108,8 @@ class Checker:
             for agents, records in self.repo.iter_state_columns(m):
                 found, found_states = record_census(records)
                 if found != agents:
-                    stray = next(
-                        a for a, b in zip(agents, found, strict=True) if a != b
-                    )
+                    pairs = zip(agents, found, strict=False)
+                    stray = next((a for a, b in pairs if a != b), agents[-1])
                     self._tag(
                         what, f"the tree files agent {stray!r} at another's record", m
                     )
