@@ -109,7 +109,7 @@ class Checker:
                 found, found_states = record_census(records)
                 if found != agents:
                     pairs = zip(agents, found, strict=False)
-                    stray = next((a for a, b in pairs if a != b), agents[-1])
+                    stray = next((a for a, b in pairs if a != b), (agents or ["?"])[-1])
                     self._tag(
                         what, f"the tree files agent {stray!r} at another's record", m
                     )
