@@ -153,7 +153,7 @@ def test_damaged_leaf_names_both_dependent_snapshots(tmp_path: Path) -> None:
     from vaultstore.repo.objects import LEAF
     from vaultstore.repo.pack import pack_name
 
-    oid, loc = next((o, loc) for o, loc in repo.index.objects.items() if loc[1] == LEAF)
+    oid, loc = next((o, loc) for o, loc in repo.index.items() if loc[1] == LEAF)
     pack_id, _, offset, length = repo.index.lookup(oid)
     name = pack_name(pack_id)
     data = bytearray(store.data[name])

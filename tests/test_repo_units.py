@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -17,6 +19,7 @@ from vaultstore.crypto.purpose import RepoKeys
 from vaultstore.errors import IntegrityError, LocalIOError
 from vaultstore.repo import manifest as manifest_mod
 from vaultstore.repo import tree
+from vaultstore.repo.index import Index
 from vaultstore.repo.manifest import FULL, Manifest, ManifestCodec
 from vaultstore.repo.objects import BATCH, ObjectCodec, decode_batch
 from vaultstore.repo.pack import (
@@ -282,3 +285,42 @@ def test_a_manifest_written_before_states_existed_decodes_without_them() -> None
         manifest_mod.Manifest.body = real  # type: ignore[method-assign]
     decoded = codec.decode(data, "snapshots/0000000003")
     assert decoded.states is None and decoded == old
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.binary(min_size=32, max_size=32),
+            st.integers(0, 255),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 1),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 300),
+)
+def test_index_locations_survive_packing_saving_and_loading(
+    entries: list[tuple[bytes, int, int, int]], packs: int
+) -> None:
+    """Locations are packed into one int in memory; every field comes back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        index = Index(Path(tmp) / "index")
+        expected: dict[bytes, tuple[bytes, int, int, int]] = {}
+        for n, (oid, kind, offset, length) in enumerate(entries):
+            pack_id = (n % packs).to_bytes(16, "big")
+            index.add_pack(pack_id, [TocEntry(oid, kind, offset, length)])
+            expected.setdefault(oid, (pack_id, kind, offset, length))
+        index.save()
+        loaded = Index(Path(tmp) / "index")
+        assert loaded.load() or not entries
+        for idx in (index, loaded):
+            assert {oid: idx.lookup(oid) for oid in expected} == expected
+            assert len(idx) == len(expected)
+            assert {oid: idx.packs[loc[0]] for oid, loc in idx.items()} == {
+                oid: loc[0] for oid, loc in expected.items()
+            }
+
+
+def test_an_index_entry_out_of_range_is_refused() -> None:
+    with pytest.raises(IntegrityError, match="out of range"):
+        Index(None).add_pack(b"\x01" * 16, [TocEntry(b"\x02" * 32, 1, 2**32, 5)])

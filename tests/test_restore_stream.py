@@ -96,9 +96,7 @@ def test_pack_reader_reads_each_pack_whole_once() -> None:
 def test_a_damaged_batch_stops_the_stream_naming_it(tmp_path: Path) -> None:
     repo, store, _ = history(tmp_path)
     full = repo.snapshots()[0]
-    batch = next(
-        oid for oid, loc in repo.index.objects.items() if loc[1] == repo_mod.BATCH
-    )
+    batch = next(oid for oid, loc in repo.index.items() if loc[1] == repo_mod.BATCH)
     pack_id, _, offset, _ = repo.index.lookup(batch)  # type: ignore[misc]
     data = bytearray(store.data[pack_name(pack_id)])
     data[offset + 20] ^= 1
