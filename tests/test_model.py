@@ -21,6 +21,7 @@ from vaultstore.model import (
     encode_record,
     record_hash,
     record_hashes,
+    records_digest_sum,
     tree_key,
     tree_keys,
     validate_agent_id,
@@ -271,6 +272,7 @@ def test_record_hashes_and_their_sum_match_one_by_one(datas: list[bytes]) -> Non
     assert record_hashes(map(memoryview, datas)) == hashes
     expected = sum(int.from_bytes(h, "big") for h in hashes)
     assert digest_terms_sum(b"".join(hashes)) == expected
+    assert records_digest_sum(datas) == expected
 
 
 def test_digest_terms_sum_carries_between_words_and_refuses_partial_terms() -> None:

@@ -133,6 +133,12 @@ def digest_terms_sum(terms: bytes) -> int:
     return total
 
 
+def records_digest_sum(records: Iterable[bytes | memoryview]) -> int:
+    """The sum of the records' digest terms (reduce mod 2^256 for a digest),
+    hashed and summed with C-level calls only."""
+    return digest_terms_sum(b"".join(record_hashes(records)))
+
+
 _DIGEST = operator.methodcaller("digest")
 _DIGEST8 = operator.methodcaller("digest", 8)
 

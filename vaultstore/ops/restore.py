@@ -45,7 +45,7 @@ from vaultstore.errors import (
 )
 from vaultstore.journal import Journal, check_record_owners
 from vaultstore.locks import VaultLock
-from vaultstore.model import decode_record, record_hash
+from vaultstore.model import decode_record, records_digest_sum
 from vaultstore.repo.manifest import Manifest
 from vaultstore.repo.repository import (
     HWM_PREFIX,
@@ -307,7 +307,7 @@ class _CountingChunks:
         total = 0
         for agents, chunk in self.columns():
             check_record_owners(agents, chunk)
-            total += sum(map(int.from_bytes, map(record_hash, chunk)))
+            total += records_digest_sum(chunk)
         return (total % (1 << 256)).to_bytes(32, "big")
 
 

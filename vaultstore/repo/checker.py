@@ -13,7 +13,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from vaultstore.errors import IntegrityError, VaultstoreError
-from vaultstore.model import record_hash
+from vaultstore.model import records_digest_sum
 from vaultstore.repo import tree
 from vaultstore.repo.manifest import Manifest, manifest_name
 from vaultstore.repo.objects import BATCH, CHANGES, LEAF, ROOT, decode_batch, describe
@@ -116,7 +116,7 @@ class Checker:
                     return
                 states.update(found_states)
                 count += len(records)
-                total += sum(map(int.from_bytes, map(record_hash, records)))
+                total += records_digest_sum(records)
         except IntegrityError as exc:
             self._tag(what, f"its state does not read back: {exc.message}", m)
             return
