@@ -111,7 +111,9 @@ class Checker:
                     pairs = zip(agents, found, strict=False)
                     stray = next((a for a, b in pairs if a != b), (agents or ["?"])[-1])
                     self._tag(
-                        what, f"the tree files agent {stray!r} at another's record", m
+                        what,
+                        f"the record filed under agent {stray!r} is another's",
+                        m,
                     )
                     return
                 states.update(found_states)
